@@ -1,0 +1,283 @@
+"""Loss balancers: how the three task losses become one gradient.
+
+Every balancer is an nn.Module with the same interface and no state injected from outside:
+
+    balancer = build_balancer("gradnorm", model.shared_parameters(), alpha=0.12, lr=0.025)
+    total = balancer.backward(task_losses)  # fills every network parameter's .grad
+    optimizer.step()                        # the network's own optimizer
+    balancer.weights                        # the task weights backward will use next
+    balancer.end_epoch(mean_task_losses)    # a no-op except where a method needs it (DWA)
+
+`backward` leaves in the network's `.grad` exactly the gradient of sum_i w_i L_i with the
+weights of this step, and then updates the weights for the next one. A step whose task losses
+are not all finite leaves the network's gradients untouched (so the optimizer step changes
+nothing) and the weights unchanged, and is counted in `skipped_steps`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def _stack(task_losses: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    return task_losses if torch.is_tensor(task_losses) else torch.stack(list(task_losses))
+
+
+class Balancer(nn.Module):
+    """Shared plumbing: the non-finite guard and the skip counter."""
+
+    def __init__(self, num_tasks: int):
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
+
+    @property
+    def weights(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def backward(self, task_losses: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        losses = _stack(task_losses)
+        if losses.shape != (self.num_tasks,):
+            raise ValueError(
+                f"expected {self.num_tasks} task losses, got shape {tuple(losses.shape)}"
+            )
+        # One host sync per step; the price of never feeding a NaN to the optimizers.
+        if not torch.isfinite(losses).all():
+            self.skipped_steps += 1
+            return (self.weights * losses.detach()).sum()
+        return self._backward(losses)
+
+    def _backward(self, losses: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def end_epoch(self, mean_task_losses: Sequence[float]) -> None:
+        del mean_task_losses
+
+
+class EqualWeights(Balancer):
+    """Constant weights 1: the plain sum of the task losses (the original baseline)."""
+
+    def __init__(self, shared_parameters: Sequence[nn.Parameter] = (), *, num_tasks: int = 3):
+        super().__init__(num_tasks)
+        self.register_buffer("_weights", torch.ones(num_tasks))
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self._weights
+
+    def _backward(self, losses: torch.Tensor) -> torch.Tensor:
+        total = (self._weights * losses).sum()
+        total.backward()
+        return total.detach()
+
+
+class GradNorm(Balancer):
+    """GradNorm, Chen, Badrinarayanan, Lee and Rabinovich 2018 (arXiv:1711.02257), exactly.
+
+    - L_i(0) is taken once, at the first backward (of the fold), detached.
+    - G_i = ||grad_W (w_i L_i)||_2 on the shared weights W; L~_i = L_i / L_i(0);
+      r_i = L~_i / mean(L~); target_i = mean(G) * r_i^alpha, treated as a constant.
+    - L_grad = sum_i |G_i - target_i|. The weights receive only its first-order gradient,
+      dL_grad/dw_i = sign(G_i - target_i) * ||grad_W L_i||: no create_graph, and nothing of
+      L_grad reaches the network.
+    - The weights have their own Adam (lr 0.025 in the paper); after each step they are
+      floored at `floor` and renormalised to sum to the number of tasks.
+
+    Cost: grad_W L_i of the two classification heads are cheap (W is the encoder's last
+    layer, the heads sit right on it). The segmentation gradient on W would need a second
+    pass through the decoder; it is recovered from the main backward instead, which already
+    holds grad_W sum_i w_i L_i (the "subtraction trick").
+    """
+
+    def __init__(
+        self,
+        shared_parameters: Sequence[nn.Parameter],
+        *,
+        num_tasks: int = 3,
+        alpha: float = 0.12,
+        lr: float = 0.025,
+        floor: float = 1e-3,
+        seg_task: int = 0,
+    ):
+        super().__init__(num_tasks)
+        self.shared = list(shared_parameters)
+        if not self.shared:
+            raise ValueError("GradNorm needs the shared parameters W (model.shared_parameters())")
+        if alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        self.alpha, self.floor, self.seg_task = alpha, floor, seg_task
+        self.task_weights = nn.Parameter(torch.ones(num_tasks))
+        self.optimizer = torch.optim.Adam([self.task_weights], lr=lr)
+        self.register_buffer("initial_losses", torch.full((num_tasks,), math.nan))
+        self.register_buffer("last_grad_norms", torch.zeros(num_tasks))
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.task_weights.detach()
+
+    def _backward(self, losses: torch.Tensor) -> torch.Tensor:
+        if torch.isnan(self.initial_losses).any():
+            self.initial_losses.copy_(losses.detach())
+        weights = self.task_weights.detach().clone()  # this step's weights
+        before = [p.grad.clone() if p.grad is not None else None for p in self.shared]
+
+        # grad_W L_i for every task but the segmentation one, through the heads only.
+        grads: list[list[torch.Tensor] | None] = [None] * self.num_tasks
+        for task in range(self.num_tasks):
+            if task != self.seg_task:
+                grads[task] = list(
+                    torch.autograd.grad(
+                        losses[task], self.shared, retain_graph=True, allow_unused=True
+                    )
+                )
+                grads[task] = [
+                    torch.zeros_like(p) if g is None else g
+                    for p, g in zip(self.shared, grads[task], strict=True)
+                ]
+        total = (weights * losses).sum()
+        total.backward()
+
+        # Subtraction trick: grad_W total = sum_i w_i grad_W L_i, so the segmentation term is
+        # what remains after removing the others.
+        seg = []
+        for k, p in enumerate(self.shared):
+            full = p.grad - before[k] if before[k] is not None else p.grad
+            rest = sum(
+                weights[t] * grads[t][k] for t in range(self.num_tasks) if t != self.seg_task
+            )
+            seg.append((full - rest) / weights[self.seg_task])
+        grads[self.seg_task] = seg
+        self._update(losses.detach(), weights, grads)
+        return total.detach()
+
+    def _update(
+        self, losses: torch.Tensor, weights: torch.Tensor, grads: list[list[torch.Tensor]]
+    ) -> None:
+        norms = torch.stack(
+            [torch.sqrt(sum((g.double() ** 2).sum() for g in task)) for task in grads]
+        ).float()
+        grad_norms = weights * norms  # G_i
+        ratios = losses / self.initial_losses  # L~_i
+        target = grad_norms.mean() * (ratios / ratios.mean()) ** self.alpha
+        self.last_grad_norms.copy_(grad_norms)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.task_weights.grad = torch.sign(grad_norms - target) * norms
+        self.optimizer.step()
+        with torch.no_grad():
+            clamped = self.task_weights.clamp(min=self.floor)
+            self.task_weights.copy_(clamped * self.num_tasks / clamped.sum())
+
+    # The weights' optimizer state belongs to the balancer's state_dict.
+    def get_extra_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class UncertaintyWeights(Balancer):
+    """Kendall, Gal and Cipolla 2018 (arXiv:1705.07115): learned homoscedastic uncertainty.
+
+    Total = sum_i exp(-s_i) L_i + s_i with s_i = log sigma_i^2 learned by its own Adam, so the
+    task weights are w_i = exp(-s_i) (they need not sum to the number of tasks).
+    """
+
+    def __init__(
+        self,
+        shared_parameters: Sequence[nn.Parameter] = (),
+        *,
+        num_tasks: int = 3,
+        lr: float = 0.025,
+    ):
+        super().__init__(num_tasks)
+        self.log_variances = nn.Parameter(torch.zeros(num_tasks))
+        self.optimizer = torch.optim.Adam([self.log_variances], lr=lr)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return torch.exp(-self.log_variances.detach())
+
+    def _backward(self, losses: torch.Tensor) -> torch.Tensor:
+        weights = self.weights
+        total = (weights * losses).sum()
+        total.backward()
+        # d/ds_i [exp(-s_i) L_i + s_i] = 1 - exp(-s_i) L_i, with L_i detached from the network.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.log_variances.grad = 1 - weights * losses.detach()
+        self.optimizer.step()
+        return total.detach()
+
+    def get_extra_state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class DynamicWeightAverage(Balancer):
+    """Dynamic Weight Average, Liu, Johns and Davison 2019 (arXiv:1803.10704).
+
+    w_i(t) = K exp(r_i / T) / sum_j exp(r_j / T) with r_i = L_i(t-1) / L_i(t-2), the ratio of
+    the mean training losses of the two previous epochs; weights 1 for the first two epochs.
+    """
+
+    def __init__(
+        self,
+        shared_parameters: Sequence[nn.Parameter] = (),
+        *,
+        num_tasks: int = 3,
+        temperature: float = 2.0,
+    ):
+        super().__init__(num_tasks)
+        self.temperature = temperature
+        self.register_buffer("_weights", torch.ones(num_tasks))
+        self.register_buffer("history", torch.full((2, num_tasks), math.nan))  # L(t-2), L(t-1)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self._weights
+
+    def _backward(self, losses: torch.Tensor) -> torch.Tensor:
+        total = (self._weights * losses).sum()
+        total.backward()
+        return total.detach()
+
+    def end_epoch(self, mean_task_losses: Sequence[float]) -> None:
+        latest = torch.as_tensor(
+            mean_task_losses, dtype=self.history.dtype, device=self.history.device
+        )
+        if not torch.isfinite(latest).all():
+            return  # keep the last good history rather than poison the next weights
+        self.history.copy_(torch.stack([self.history[1], latest]))
+        if torch.isfinite(self.history).all():
+            ratios = self.history[1] / self.history[0]
+            self._weights.copy_(self.num_tasks * torch.softmax(ratios / self.temperature, 0))
+
+
+BALANCERS = {
+    "equal": EqualWeights,
+    "gradnorm": GradNorm,
+    "uncertainty": UncertaintyWeights,
+    "dwa": DynamicWeightAverage,
+}
+
+
+def build_balancer(
+    name: str, shared_parameters: Sequence[nn.Parameter], *, num_tasks: int = 3, **options
+) -> Balancer:
+    """The balancer `name` with the options it takes (others are ignored)."""
+    if name not in BALANCERS:
+        raise ValueError(f"unknown balancer {name!r}; expected one of {', '.join(BALANCERS)}")
+    cls = BALANCERS[name]
+    import inspect
+
+    accepted = inspect.signature(cls).parameters
+    return cls(
+        shared_parameters,
+        num_tasks=num_tasks,
+        **{k: v for k, v in options.items() if k in accepted},
+    )

@@ -1,0 +1,124 @@
+"""Training configuration of one fold: a frozen dataclass, validated on construction.
+
+`study` builds on these; nothing here knows about Ray or Optuna.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+SegLoss = Literal["dice", "bce"]
+HeadType = Literal["flatten", "pool"]
+FoldScheme = Literal["stratified", "seed"]
+Device = Literal["auto", "cpu", "cuda"]
+BalancerName = Literal["equal"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything that decides how one fold is trained and evaluated.
+
+    Defaults are the original study's settings (EfficientNet-B4 U-Net at 384 px, Adam 1e-4,
+    batch 8, Dice loss), except `data`, which a caller always sets.
+    """
+
+    # Data: a patch store made by `python -m mtl.data` (or the synthetic generator).
+    data: str = ""
+    folds: FoldScheme = "stratified"
+    num_folds: int = 5
+    fold_seed: int = 0
+    # Model: an smp U-Net with two classification heads on the bottleneck.
+    encoder: str = "efficientnet-b4"
+    encoder_depth: int = 5
+    encoder_weights: str | None = None  # a local state-dict file; nothing is downloaded
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    head: HeadType = "flatten"
+    head_hidden: int = 512
+    image_size: int = 384
+    # Optimisation.
+    seg_loss: SegLoss = "dice"
+    balancer: BalancerName = "equal"
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-4
+    threshold: float = 0.5  # on the mask probability, for pixel accuracy
+    seed: int = 0
+    device: Device = "auto"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check_literals(self)
+        for name in ("num_folds", "encoder_depth", "head_hidden", "image_size", "epochs"):
+            _check_positive(name, getattr(self, name))
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("lr", self.lr)
+        if self.num_folds < 2:
+            raise ValueError(f"num_folds must be at least 2, got {self.num_folds}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if len(self.decoder_channels) < self.encoder_depth:
+            raise ValueError(
+                f"decoder_channels needs {self.encoder_depth} entries (encoder_depth), "
+                f"got {self.decoder_channels}"
+            )
+        stride = 2**self.encoder_depth
+        if self.image_size % stride:
+            raise ValueError(
+                f"image_size must be a multiple of {stride} (2**encoder_depth), "
+                f"got {self.image_size}"
+            )
+
+    def replace(self, **changes: object) -> TrainConfig:
+        """A copy with some fields changed (and validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def original() -> TrainConfig:
+    """The original study: EfficientNet-B4 U-Net at 384 px, Adam 1e-4, batch 8, seed folds."""
+    return TrainConfig(folds="seed", epochs=30)
+
+
+def tiny() -> TrainConfig:
+    """Seconds per epoch on a CPU: a small timm encoder at 64 px, for tests and smoke runs."""
+    return TrainConfig(
+        encoder="tu-mobilenetv3_small_050",
+        decoder_channels=(64, 32, 16, 8, 8),
+        head="pool",
+        head_hidden=64,
+        image_size=64,
+        epochs=2,
+        batch_size=16,
+        lr=1e-3,
+        device="cpu",
+    )
+
+
+TRAIN_PRESETS = {"original": original, "tiny": tiny}
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def _check_literals(config: object) -> None:
+    """Reject a value outside a field's Literal choices, naming the field and the choices."""
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        choices = _literal_choices(hints[field.name])
+        value = getattr(config, field.name)
+        if choices and value not in choices:
+            raise ValueError(
+                f"{field.name} must be one of {', '.join(map(str, choices))}; got {value!r}"
+            )
+
+
+def _literal_choices(hint: object) -> tuple:
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    return ()

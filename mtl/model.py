@@ -1,0 +1,147 @@
+"""The multi-task U-Net: cell masks, staining pattern and intensity from one encoder.
+
+An smp U-Net (encoder, decoder, 1-channel mask logits) plus two classification heads on the
+bottleneck, the encoder's deepest feature map (448 x 12 x 12 for EfficientNet-B4 at 384 px).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from mtl.config import TrainConfig
+from mtl.labels import PATTERNS
+
+# The model sees grey patches repeated to three channels, normalised as ImageNet images so
+# that a local ImageNet-pretrained encoder file can be used as it is.
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+class MultiTaskOutput(NamedTuple):
+    mask: torch.Tensor  # (B, 1, H, W) logits
+    pattern: torch.Tensor  # (B, 7) logits
+    intensity: torch.Tensor  # (B,) logit of "positive"
+
+
+def _flatten_head(channels: int, side: int, hidden: int, outputs: int) -> nn.Module:
+    """The original study's head: the whole bottleneck, flattened, into two dense layers."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(channels * side * side, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, outputs),
+    )
+
+
+def _pool_head(channels: int, side: int, hidden: int, outputs: int) -> nn.Module:
+    """Global average pooling first: far fewer weights, and any input size."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, outputs),
+    )
+
+
+HEADS = {"flatten": _flatten_head, "pool": _pool_head}
+
+
+class MultiTaskUNet(nn.Module):
+    def __init__(
+        self,
+        *,
+        encoder: str = "efficientnet-b4",
+        encoder_depth: int = 5,
+        encoder_weights: str | None = None,
+        decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16),
+        head: str = "flatten",
+        head_hidden: int = 512,
+        image_size: int = 384,
+        num_patterns: int = len(PATTERNS),
+    ):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
+        self.unet = smp.Unet(
+            encoder_name=encoder,
+            encoder_depth=encoder_depth,
+            encoder_weights=None,  # never downloaded; see load_encoder_weights
+            decoder_channels=tuple(decoder_channels[:encoder_depth]),
+            in_channels=3,
+            classes=1,
+        )
+        if encoder_weights:
+            load_encoder_weights(self.unet.encoder, encoder_weights)
+        self.encoder_depth = encoder_depth
+        channels = self.unet.encoder.out_channels[-1]
+        side = image_size // 2**encoder_depth
+        self.pattern_head = HEADS[head](channels, side, head_hidden, num_patterns)
+        self.intensity_head = HEADS[head](channels, side, head_hidden, 1)
+        self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
+        self._shared: list[nn.Parameter] | None = None
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> MultiTaskUNet:
+        return cls(
+            encoder=config.encoder,
+            encoder_depth=config.encoder_depth,
+            encoder_weights=config.encoder_weights,
+            decoder_channels=config.decoder_channels,
+            head=config.head,
+            head_hidden=config.head_hidden,
+            image_size=config.image_size,
+        )
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) uint8 or [0, 1] floats -> the encoder's normalised 3-channel input."""
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        return (images.expand(-1, 3, -1, -1) - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> MultiTaskOutput:
+        features = self.unet.encoder(self.normalise(images))
+        mask = self.unet.segmentation_head(self.unet.decoder(features))
+        bottleneck = features[-1]
+        return MultiTaskOutput(
+            mask=mask,
+            pattern=self.pattern_head(bottleneck),
+            intensity=self.intensity_head(bottleneck).squeeze(1),
+        )
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """W for GradNorm: the last weight tensor of the encoder's final block.
+
+        Found by asking autograd which encoder weights the bottleneck depends on, so that
+        parameters an encoder keeps but never uses (EfficientNet's `_conv_head`) are skipped.
+        """
+        if self._shared is None:
+            side = 2 * 2**self.encoder_depth
+            probe = torch.zeros(1, 1, side, side, device=self.mean.device)
+            weights = [p for p in self.unet.encoder.parameters() if p.dim() > 1]
+            was_training = self.training
+            self.eval()
+            with torch.enable_grad():
+                bottleneck = self.unet.encoder(self.normalise(probe))[-1]
+                grads = torch.autograd.grad(bottleneck.sum(), weights, allow_unused=True)
+            self.train(was_training)
+            used = [w for w, g in zip(weights, grads, strict=True) if g is not None]
+            self._shared = [used[-1]]
+        return self._shared
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
+    """Load a local encoder state dict (e.g. ImageNet weights saved with torch.save)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"encoder_weights: no such file {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"encoder_weights {path}: missing keys, e.g. {missing[:3]}")
+    del unexpected  # classifier weights of an ImageNet checkpoint are expected and unused
