@@ -23,10 +23,6 @@ import torch
 from torch import nn
 
 
-def _stack(task_losses: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    return task_losses if torch.is_tensor(task_losses) else torch.stack(list(task_losses))
-
-
 class Balancer(nn.Module):
     """Shared plumbing: the non-finite guard and the skip counter."""
 
@@ -39,19 +35,23 @@ class Balancer(nn.Module):
     def weights(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def backward(self, task_losses: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        losses = _stack(task_losses)
-        if losses.shape != (self.num_tasks,):
-            raise ValueError(
-                f"expected {self.num_tasks} task losses, got shape {tuple(losses.shape)}"
-            )
-        # One host sync per step; the price of never feeding a NaN to the optimizers.
-        if not torch.isfinite(losses).all():
-            self.skipped_steps += 1
-            return (self.weights * losses.detach()).sum()
-        return self._backward(losses)
+    def backward(self, task_losses: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Fill the network's gradients with those of sum_i w_i L_i; return that sum.
 
-    def _backward(self, losses: torch.Tensor) -> torch.Tensor:
+        Pass the task losses as separate tensors, not slices of one stacked tensor: a
+        gradient of one slice would flow back through every task's graph.
+        """
+        losses = tuple(task_losses)
+        if len(losses) != self.num_tasks:
+            raise ValueError(f"expected {self.num_tasks} task losses, got {len(losses)}")
+        values = torch.stack([loss.detach() for loss in losses])
+        # One host sync per step; the price of never feeding a NaN to the optimizers.
+        if not torch.isfinite(values).all():
+            self.skipped_steps += 1
+            return (self.weights * values).sum()
+        return self._backward(losses, values)
+
+    def _backward(self, losses: tuple[torch.Tensor, ...], values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def end_epoch(self, mean_task_losses: Sequence[float]) -> None:
@@ -69,8 +69,8 @@ class EqualWeights(Balancer):
     def weights(self) -> torch.Tensor:
         return self._weights
 
-    def _backward(self, losses: torch.Tensor) -> torch.Tensor:
-        total = (self._weights * losses).sum()
+    def _backward(self, losses: tuple[torch.Tensor, ...], values: torch.Tensor) -> torch.Tensor:
+        total = (self._weights * torch.stack(losses)).sum()
         total.backward()
         return total.detach()
 
@@ -119,40 +119,29 @@ class GradNorm(Balancer):
     def weights(self) -> torch.Tensor:
         return self.task_weights.detach()
 
-    def _backward(self, losses: torch.Tensor) -> torch.Tensor:
+    def _backward(self, losses: tuple[torch.Tensor, ...], values: torch.Tensor) -> torch.Tensor:
         if torch.isnan(self.initial_losses).any():
-            self.initial_losses.copy_(losses.detach())
+            self.initial_losses.copy_(values)
         weights = self.task_weights.detach().clone()  # this step's weights
-        before = [p.grad.clone() if p.grad is not None else None for p in self.shared]
-
-        # grad_W L_i for every task but the segmentation one, through the heads only.
-        grads: list[list[torch.Tensor] | None] = [None] * self.num_tasks
-        for task in range(self.num_tasks):
-            if task != self.seg_task:
-                grads[task] = list(
-                    torch.autograd.grad(
-                        losses[task], self.shared, retain_graph=True, allow_unused=True
-                    )
-                )
-                grads[task] = [
-                    torch.zeros_like(p) if g is None else g
-                    for p, g in zip(self.shared, grads[task], strict=True)
-                ]
-        total = (weights * losses).sum()
+        others = [t for t in range(self.num_tasks) if t != self.seg_task]
+        grads = {t: self._grad_on_shared(losses[t]) for t in others}  # through the heads only
+        before = [p.grad.clone() if p.grad is not None else 0.0 for p in self.shared]
+        total = (weights * torch.stack(losses)).sum()
         total.backward()
-
-        # Subtraction trick: grad_W total = sum_i w_i grad_W L_i, so the segmentation term is
-        # what remains after removing the others.
-        seg = []
-        for k, p in enumerate(self.shared):
-            full = p.grad - before[k] if before[k] is not None else p.grad
-            rest = sum(
-                weights[t] * grads[t][k] for t in range(self.num_tasks) if t != self.seg_task
-            )
-            seg.append((full - rest) / weights[self.seg_task])
-        grads[self.seg_task] = seg
-        self._update(losses.detach(), weights, grads)
+        # Subtraction trick: the main backward left grad_W sum_i w_i L_i on W; the
+        # segmentation term is what remains after removing the others.
+        grads[self.seg_task] = [
+            (p.grad - old - sum(weights[t] * grads[t][k] for t in others)) / weights[self.seg_task]
+            for k, (p, old) in enumerate(zip(self.shared, before, strict=True))
+        ]
+        self._update(values, weights, [grads[t] for t in range(self.num_tasks)])
         return total.detach()
+
+    def _grad_on_shared(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        grads = torch.autograd.grad(loss, self.shared, retain_graph=True, allow_unused=True)
+        return [
+            torch.zeros_like(p) if g is None else g for p, g in zip(self.shared, grads, strict=True)
+        ]
 
     def _update(
         self, losses: torch.Tensor, weights: torch.Tensor, grads: list[list[torch.Tensor]]
@@ -164,8 +153,12 @@ class GradNorm(Balancer):
         ratios = losses / self.initial_losses  # L~_i
         target = grad_norms.mean() * (ratios / ratios.mean()) ** self.alpha
         self.last_grad_norms.copy_(grad_norms)
+        # |G_i - target_i| has subgradient 0 at 0. Differences at rounding level count as 0:
+        # Adam scales any nonzero gradient to a step of size lr, noise included.
+        gap = grad_norms - target
+        gap = torch.where(gap.abs() <= 1e-6 * grad_norms.mean(), torch.zeros_like(gap), gap)
         self.optimizer.zero_grad(set_to_none=True)
-        self.task_weights.grad = torch.sign(grad_norms - target) * norms
+        self.task_weights.grad = torch.sign(gap) * norms
         self.optimizer.step()
         with torch.no_grad():
             clamped = self.task_weights.clamp(min=self.floor)
@@ -201,13 +194,13 @@ class UncertaintyWeights(Balancer):
     def weights(self) -> torch.Tensor:
         return torch.exp(-self.log_variances.detach())
 
-    def _backward(self, losses: torch.Tensor) -> torch.Tensor:
+    def _backward(self, losses: tuple[torch.Tensor, ...], values: torch.Tensor) -> torch.Tensor:
         weights = self.weights
-        total = (weights * losses).sum()
+        total = (weights * torch.stack(losses)).sum()
         total.backward()
         # d/ds_i [exp(-s_i) L_i + s_i] = 1 - exp(-s_i) L_i, with L_i detached from the network.
         self.optimizer.zero_grad(set_to_none=True)
-        self.log_variances.grad = 1 - weights * losses.detach()
+        self.log_variances.grad = 1 - weights * values
         self.optimizer.step()
         return total.detach()
 
@@ -241,8 +234,8 @@ class DynamicWeightAverage(Balancer):
     def weights(self) -> torch.Tensor:
         return self._weights
 
-    def _backward(self, losses: torch.Tensor) -> torch.Tensor:
-        total = (self._weights * losses).sum()
+    def _backward(self, losses: tuple[torch.Tensor, ...], values: torch.Tensor) -> torch.Tensor:
+        total = (self._weights * torch.stack(losses)).sum()
         total.backward()
         return total.detach()
 
@@ -258,26 +251,24 @@ class DynamicWeightAverage(Balancer):
             self._weights.copy_(self.num_tasks * torch.softmax(ratios / self.temperature, 0))
 
 
+# name -> factory(shared parameters, num_tasks, alpha, lr); each takes what its method needs.
 BALANCERS = {
-    "equal": EqualWeights,
-    "gradnorm": GradNorm,
-    "uncertainty": UncertaintyWeights,
-    "dwa": DynamicWeightAverage,
+    "equal": lambda shared, n, alpha, lr: EqualWeights(shared, num_tasks=n),
+    "gradnorm": lambda shared, n, alpha, lr: GradNorm(shared, num_tasks=n, alpha=alpha, lr=lr),
+    "uncertainty": lambda shared, n, alpha, lr: UncertaintyWeights(shared, num_tasks=n, lr=lr),
+    "dwa": lambda shared, n, alpha, lr: DynamicWeightAverage(shared, num_tasks=n),
 }
 
 
 def build_balancer(
-    name: str, shared_parameters: Sequence[nn.Parameter], *, num_tasks: int = 3, **options
+    name: str,
+    shared_parameters: Sequence[nn.Parameter],
+    *,
+    num_tasks: int = 3,
+    alpha: float = 0.12,
+    lr: float = 0.025,
 ) -> Balancer:
-    """The balancer `name` with the options it takes (others are ignored)."""
+    """The balancer `name`; `alpha` is GradNorm's, `lr` that of the weights' own optimizer."""
     if name not in BALANCERS:
         raise ValueError(f"unknown balancer {name!r}; expected one of {', '.join(BALANCERS)}")
-    cls = BALANCERS[name]
-    import inspect
-
-    accepted = inspect.signature(cls).parameters
-    return cls(
-        shared_parameters,
-        num_tasks=num_tasks,
-        **{k: v for k, v in options.items() if k in accepted},
-    )
+    return BALANCERS[name](list(shared_parameters), num_tasks, alpha, lr)

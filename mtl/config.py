@@ -14,7 +14,7 @@ SegLoss = Literal["dice", "bce"]
 HeadType = Literal["flatten", "pool"]
 FoldScheme = Literal["stratified", "seed"]
 Device = Literal["auto", "cpu", "cuda"]
-BalancerName = Literal["equal"]
+BalancerName = Literal["equal", "gradnorm", "uncertainty", "dwa"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +41,8 @@ class TrainConfig:
     # Optimisation.
     seg_loss: SegLoss = "dice"
     balancer: BalancerName = "equal"
+    alpha: float = 0.12  # GradNorm's asymmetry
+    balancer_lr: float = 0.025  # the task weights' own Adam (GradNorm's paper: 0.025)
     epochs: int = 30
     batch_size: int = 8
     lr: float = 1e-4
@@ -55,6 +57,9 @@ class TrainConfig:
             _check_positive(name, getattr(self, name))
         _check_positive("batch_size", self.batch_size)
         _check_positive("lr", self.lr)
+        _check_positive("balancer_lr", self.balancer_lr)
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
         if self.num_folds < 2:
             raise ValueError(f"num_folds must be at least 2, got {self.num_folds}")
         if not 0.0 < self.threshold < 1.0:
@@ -79,8 +84,9 @@ class TrainConfig:
 
 
 def original() -> TrainConfig:
-    """The original study: EfficientNet-B4 U-Net at 384 px, Adam 1e-4, batch 8, seed folds."""
-    return TrainConfig(folds="seed", epochs=30)
+    """The original study: EfficientNet-B4 U-Net at 384 px, Adam 1e-4, batch 8, seed folds,
+    GradNorm whose weights shared the network's Adam at lr 1e-4."""
+    return TrainConfig(folds="seed", epochs=30, balancer="gradnorm", alpha=0.06, balancer_lr=1e-4)
 
 
 def tiny() -> TrainConfig:

@@ -34,14 +34,16 @@ SEG_LOSSES = {"dice": dice_loss, "bce": bce_loss}
 
 def task_losses(
     output: MultiTaskOutput, batch: dict[str, torch.Tensor], seg_loss: str
-) -> torch.Tensor:
-    """The three losses of a batch as one (3,) tensor, in TASKS order."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three scalar losses of a batch, in TASKS order.
+
+    Separate tensors, not one stacked tensor: GradNorm differentiates each on its own, and
+    the gradient of a slice of a stack would run back through all three tasks' graphs.
+    """
     if seg_loss not in SEG_LOSSES:
         raise ValueError(f"unknown seg_loss {seg_loss!r}; expected one of {', '.join(SEG_LOSSES)}")
-    return torch.stack(
-        [
-            SEG_LOSSES[seg_loss](output.mask.float(), batch["mask"]),
-            F.cross_entropy(output.pattern.float(), batch["pattern"]),
-            F.binary_cross_entropy_with_logits(output.intensity.float(), batch["intensity"]),
-        ]
+    return (
+        SEG_LOSSES[seg_loss](output.mask.float(), batch["mask"]),
+        F.cross_entropy(output.pattern.float(), batch["pattern"]),
+        F.binary_cross_entropy_with_logits(output.intensity.float(), batch["intensity"]),
     )

@@ -7,6 +7,7 @@ with the training split (running means over the epoch) and the validation split.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,12 +33,14 @@ class EpochMetrics:
     epoch: int  # 1-based
     train: SplitMetrics
     val: SplitMetrics
-    weights: tuple[float, ...]  # task weights used in this epoch's last step, TASKS order
+    weights: tuple[float, ...]  # task weights at the end of the epoch, TASKS order
+    skipped_steps: int = 0  # steps with a non-finite task loss, left out of the update
     seconds: float  # training and validation wall time
 
     def rows(self) -> list[dict]:
         """One flat row per split, the layout of epochs.parquet."""
         shared = {f"weight_{task}": w for task, w in zip(TASKS, self.weights, strict=True)}
+        shared["skipped_steps"] = self.skipped_steps
         shared["seconds"] = self.seconds
         return [
             {"epoch": self.epoch, "split": split, **dataclasses.asdict(metrics), **shared}
@@ -57,14 +60,18 @@ class RunningSums:
 
     @torch.no_grad()
     def update(
-        self, output: MultiTaskOutput, batch: dict[str, torch.Tensor], losses: torch.Tensor
+        self,
+        output: MultiTaskOutput,
+        batch: dict[str, torch.Tensor],
+        losses: Sequence[torch.Tensor],
     ) -> None:
         n = batch["pattern"].shape[0]
+        losses = torch.stack([loss.detach() for loss in losses])
         predicted_mask = output.mask > self.logit_threshold
         update = torch.stack(
             [
                 torch.tensor(n, device=losses.device, dtype=torch.float64),
-                *(losses.detach().double() * n),
+                *(losses.double() * n),
                 (predicted_mask == batch["mask"].bool()).sum().double(),
                 torch.tensor(predicted_mask.numel(), device=losses.device, dtype=torch.float64),
                 (output.pattern.argmax(1) == batch["pattern"]).sum().double(),

@@ -53,7 +53,9 @@ def train_fold(config: TrainConfig, fold: str) -> Iterator[EpochMetrics]:
     torch.manual_seed(config.seed)
     model = MultiTaskUNet.from_config(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    balancer = build_balancer(config.balancer, model.shared_parameters()).to(device)
+    balancer = build_balancer(
+        config.balancer, model.shared_parameters(), alpha=config.alpha, lr=config.balancer_lr
+    ).to(device)
     train_data = PatchDataset(store, train_rows)
     val_loader = _loader(PatchDataset(store, val_rows), config, shuffle=False)
 
@@ -63,6 +65,7 @@ def train_fold(config: TrainConfig, fold: str) -> Iterator[EpochMetrics]:
         order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         train_loader = _loader(train_data, config, shuffle=True, generator=order)
         model.train()
+        skipped_before = int(balancer.skipped_steps)
         train_sums = RunningSums(device, config.threshold)
         for batch in train_loader:
             batch = _to_device(batch, device)
@@ -81,6 +84,7 @@ def train_fold(config: TrainConfig, fold: str) -> Iterator[EpochMetrics]:
             train=train,
             val=val,
             weights=tuple(balancer.weights.tolist()),
+            skipped_steps=int(balancer.skipped_steps) - skipped_before,
             seconds=time.perf_counter() - start,
         )
 

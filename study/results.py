@@ -27,6 +27,7 @@ EPOCH_COLUMNS = (
     "trial_id", "fold", "epoch", "split",
     *(f.name for f in dataclasses.fields(SplitMetrics)),
     *(f"weight_{task}" for task in TASKS),
+    "skipped_steps",
     "seconds",
 )  # fmt: skip
 

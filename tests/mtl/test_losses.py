@@ -35,7 +35,7 @@ def test_task_losses_are_seg_pattern_intensity():
         intensity=torch.tensor([0.0]),
     )
     batch = {"mask": TARGET, "pattern": torch.tensor([1]), "intensity": torch.tensor([1.0])}
-    seg, pattern, intensity = task_losses(output, batch, "dice").tolist()
+    seg, pattern, intensity = (loss.item() for loss in task_losses(output, batch, "dice"))
     assert seg == pytest.approx(0.4, abs=1e-6)
     assert pattern == pytest.approx(-math.log(2 / 8), abs=1e-6)
     assert intensity == pytest.approx(math.log(2), abs=1e-6)

@@ -18,8 +18,8 @@ def test_running_sums_give_hand_counted_accuracies():
         intensity=torch.tensor([1.0, 1.0]),
     )
     batch = {"mask": mask, "pattern": torch.tensor([0, 4]), "intensity": torch.tensor([1.0, 0.0])}
-    sums.update(output, batch, torch.tensor([0.3, 1.0, 0.5]))
-    sums.update(output, batch, torch.tensor([0.1, 2.0, 0.7]))
+    sums.update(output, batch, torch.tensor([0.3, 1.0, 0.5]).unbind())
+    sums.update(output, batch, torch.tensor([0.1, 2.0, 0.7]).unbind())
     result = sums.result()
     assert result.patches == 4
     assert result.pixel_acc == pytest.approx(7 / 8)

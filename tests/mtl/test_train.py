@@ -32,3 +32,13 @@ def test_bad_fold_and_mismatched_size_are_clear_errors(tiny_config):
         next(train_fold(tiny_config, "F"))
     with pytest.raises(ValueError, match="image_size is 96"):
         next(train_fold(tiny_config.replace(image_size=96), "A"))
+
+
+def test_gradnorm_weights_are_reported_per_epoch(tiny_config):
+    config = tiny_config.replace(balancer="gradnorm", alpha=1.5, balancer_lr=0.05)
+    epochs = list(train_fold(config, "C"))
+    for metrics in epochs:
+        assert sum(metrics.weights) == pytest.approx(3.0, abs=1e-4)
+        assert min(metrics.weights) > 0 and metrics.skipped_steps == 0
+    assert epochs[-1].weights != (1.0, 1.0, 1.0)
+    assert epochs[-1].rows()[0]["weight_seg"] == epochs[-1].weights[0]
