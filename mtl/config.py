@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +17,8 @@ HeadType = Literal["flatten", "pool"]
 FoldScheme = Literal["stratified", "seed"]
 Device = Literal["auto", "cpu", "cuda"]
 BalancerName = Literal["equal", "gradnorm", "uncertainty", "dwa"]
+Augmentation = Literal["none", "basic"]
+LrSchedule = Literal["constant", "cosine"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +34,7 @@ class TrainConfig:
     folds: FoldScheme = "stratified"
     num_folds: int = 5
     fold_seed: int = 0
+    augment: Augmentation = "none"  # the original study had none
     # Model: an smp U-Net with two classification heads on the bottleneck.
     encoder: str = "efficientnet-b4"
     encoder_depth: int = 5
@@ -46,14 +51,19 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 8
     lr: float = 1e-4
+    # constant (the original; epoch k of a longer run equals a k-epoch run, which ASHA and an
+    # epochs search rely on) or cosine decay to zero over `epochs`, per epoch.
+    lr_schedule: LrSchedule = "constant"
     threshold: float = 0.5  # on the mask probability, for pixel accuracy
     seed: int = 0
     device: Device = "auto"
-    num_workers: int = 0
+    num_workers: int = 0  # loader worker processes; 0 reads batches in the training process
+    checkpoint_every: int = 1  # epochs between checkpoints (and always after the last)
 
     def __post_init__(self) -> None:
         _check_literals(self)
-        for name in ("num_folds", "encoder_depth", "head_hidden", "image_size", "epochs"):
+        for name in ("num_folds", "encoder_depth", "head_hidden", "image_size", "epochs",
+                     "checkpoint_every"):  # fmt: skip
             _check_positive(name, getattr(self, name))
         _check_positive("batch_size", self.batch_size)
         _check_positive("lr", self.lr)
@@ -105,6 +115,50 @@ def tiny() -> TrainConfig:
 
 
 TRAIN_PRESETS = {"original": original, "tiny": tiny}
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, object]:
+    """`["epochs=3", "lr=1e-3"]` -> {"epochs": 3, "lr": 0.001}, typed by TrainConfig's fields.
+
+    Unknown keys and values of the wrong type raise ValueError naming the field.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    changes: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"--set {pair!r}: expected key=value")
+        if key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+            raise ValueError(f"--set {key}: no such field; fields are: {known}")
+        changes[key] = parse_value(key, text.strip(), hints[key])
+    return changes
+
+
+def parse_value(key: str, text: str, hint: object) -> object:
+    """Turn the text of `--set key=text` into the field's type, or raise naming the field."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null", "") and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if origin is typing.Literal:
+            return text
+        if origin is tuple:
+            return tuple(parse_value(key, part.strip(), args[0]) for part in text.split(","))
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        if hint in (int, float, str):
+            return hint(text)
+    except ValueError:
+        name = getattr(hint, "__name__", hint)
+        raise ValueError(f"--set {key}={text}: not a valid {name}") from None
+    raise ValueError(f"--set {key}: fields of type {hint} cannot be set from the command line")
 
 
 def _check_positive(name: str, value: float) -> None:

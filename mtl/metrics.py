@@ -1,19 +1,33 @@
-"""What an epoch measured, per split, and the running sums that produce it.
+"""What an epoch measured, per split, and the sums and votes that produce it.
 
 `EpochMetrics` is the only thing `study` receives from a fold: a frozen dataclass per epoch
 with the training split (running means over the epoch) and the validation split.
+
+Patch level: pixel accuracy over both classes (the original study's "mask accuracy"),
+foreground Dice and IoU over all pixels of the split, pattern accuracy and mean class
+accuracy, the 7x7 pattern and 2x2 intensity confusion matrices (rows true, columns
+predicted, fixed labels). Image level (the patches of a specimen) and patient level (all of
+a patient's patches): pattern and intensity by majority vote of the patches.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
+import segmentation_models_pytorch as smp
 import torch
 
+from mtl.labels import INTENSITIES, PATTERNS
 from mtl.losses import TASKS
 from mtl.model import MultiTaskOutput
+
+NAN = math.nan
+VOTE_LEVELS = ("image", "patient")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,8 +38,47 @@ class SplitMetrics:
     loss_pattern: float
     loss_intensity: float
     pixel_acc: float  # both classes, as the original study's "mask accuracy"
+    dice: float  # foreground (cells), over all pixels of the split
+    iou: float
     pattern_acc: float
+    pattern_mca: float  # mean class accuracy: the mean recall of the classes present
     intensity_acc: float
+    pattern_confusion: tuple[tuple[int, ...], ...]  # 7x7, rows true, columns predicted
+    intensity_confusion: tuple[tuple[int, ...], ...]  # 2x2
+    # Majority votes; validation only (NaN for the training split).
+    image_pattern_acc: float = NAN
+    image_pattern_mca: float = NAN
+    image_intensity_acc: float = NAN
+    patient_pattern_acc: float = NAN
+    patient_pattern_mca: float = NAN
+    patient_intensity_acc: float = NAN
+    patient_pattern_confusion: tuple[tuple[int, ...], ...] = ()  # 7x7, validation only
+    patient_intensity_confusion: tuple[tuple[int, ...], ...] = ()  # 2x2, validation only
+
+    @property
+    def pattern_recall(self) -> tuple[float, ...]:
+        """Recall of every pattern (NaN for a pattern absent from the split)."""
+        return tuple(_recalls(np.asarray(self.pattern_confusion)))
+
+    def flat(self) -> dict[str, float]:
+        """Scalars only: confusion matrices and recalls become one column per cell."""
+        row = {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if not f.name.endswith("_confusion")
+        }
+        row.update({f"recall_{p}": r for p, r in zip(PATTERNS, self.pattern_recall, strict=True)})
+        for name, labels in (
+            ("pattern", PATTERNS),
+            ("intensity", INTENSITIES),
+            ("patient_pattern", PATTERNS),
+            ("patient_intensity", INTENSITIES),
+        ):
+            matrix = getattr(self, f"{name}_confusion")  # () for the training split's votes
+            for t, true in enumerate(labels):
+                for p, predicted in enumerate(labels):
+                    row[f"cm_{name}_{true}_{predicted}"] = matrix[t][p] if matrix else NAN
+        return row
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,20 +96,40 @@ class EpochMetrics:
         shared["skipped_steps"] = self.skipped_steps
         shared["seconds"] = self.seconds
         return [
-            {"epoch": self.epoch, "split": split, **dataclasses.asdict(metrics), **shared}
+            {"epoch": self.epoch, "split": split, **metrics.flat(), **shared}
             for split, metrics in (("train", self.train), ("val", self.val))
         ]
+
+
+def _recalls(confusion: np.ndarray) -> np.ndarray:
+    support = confusion.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(confusion) / support, np.nan)
+
+
+def mean_class_accuracy(confusion: np.ndarray) -> float:
+    """Mean recall over the classes present: every class counts alike, whatever its size."""
+    recalls = _recalls(confusion)
+    return float(np.nanmean(recalls)) if np.isfinite(recalls).any() else NAN
+
+
+def confusion(true: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """classes x classes counts, rows true, columns predicted; a missing class keeps its row."""
+    flat = np.asarray(true, np.int64) * classes + np.asarray(predicted, np.int64)
+    return np.bincount(flat, minlength=classes * classes).reshape(classes, classes)
 
 
 class RunningSums:
     """Per-epoch sums kept on the device, so that a step needs no host synchronisation."""
 
-    _FIELDS = ("patches", "seg", "pattern", "intensity", "pixels_right", "pixels",
-               "pattern_right", "intensity_right")  # fmt: skip
-
     def __init__(self, device: torch.device, threshold: float = 0.5):
-        self.sums = torch.zeros(len(self._FIELDS), dtype=torch.float64, device=device)
-        self.logit_threshold = torch.logit(torch.tensor(threshold)).item()
+        self.device = device
+        self.logit_threshold = math.log(threshold / (1 - threshold))
+        self.losses = torch.zeros(3, dtype=torch.float64, device=device)
+        self.pixel_stats = torch.zeros(4, dtype=torch.int64, device=device)  # tp, fp, fn, tn
+        k, m = len(PATTERNS), len(INTENSITIES)
+        self.pattern_cm = torch.zeros(k * k, dtype=torch.int64, device=device)
+        self.intensity_cm = torch.zeros(m * m, dtype=torch.int64, device=device)
 
     @torch.no_grad()
     def update(
@@ -66,30 +139,87 @@ class RunningSums:
         losses: Sequence[torch.Tensor],
     ) -> None:
         n = batch["pattern"].shape[0]
-        losses = torch.stack([loss.detach() for loss in losses])
-        predicted_mask = output.mask > self.logit_threshold
-        update = torch.stack(
-            [
-                torch.tensor(n, device=losses.device, dtype=torch.float64),
-                *(losses.double() * n),
-                (predicted_mask == batch["mask"].bool()).sum().double(),
-                torch.tensor(predicted_mask.numel(), device=losses.device, dtype=torch.float64),
-                (output.pattern.argmax(1) == batch["pattern"]).sum().double(),
-                ((output.intensity > 0) == batch["intensity"].bool()).sum().double(),
-            ]
-        )
-        self.sums += update
+        self.losses += torch.stack([loss.detach().double() for loss in losses]) * n
+        # Binarise here: smp's `threshold` would binarise the target too, and a logit
+        # threshold of 0 turns an all-background target into all cells.
+        predicted = (output.mask.detach() > self.logit_threshold).long()
+        stats = smp.metrics.get_stats(predicted, batch["mask"].long(), mode="binary")
+        self.pixel_stats += torch.stack([s.sum() for s in stats])
+        k, m = len(PATTERNS), len(INTENSITIES)
+        pattern = batch["pattern"] * k + output.pattern.argmax(1)
+        self.pattern_cm += torch.bincount(pattern, minlength=k * k)
+        intensity = batch["intensity"].long() * m + (output.intensity > 0).long()
+        self.intensity_cm += torch.bincount(intensity, minlength=m * m)
 
-    def result(self) -> SplitMetrics:
-        s = dict(zip(self._FIELDS, self.sums.tolist(), strict=True))
-        n = max(s["patches"], 1.0)
+    def result(self, **votes: float) -> SplitMetrics:
+        k, m = len(PATTERNS), len(INTENSITIES)
+        pattern_cm = self.pattern_cm.view(k, k).cpu().numpy()
+        intensity_cm = self.intensity_cm.view(m, m).cpu().numpy()
+        n = int(pattern_cm.sum())
+        seg, pattern, intensity = (self.losses / max(n, 1)).tolist()
+        tp, fp, fn, tn = self.pixel_stats.view(4, 1, 1).cpu()
+        pixel_scores = {
+            name: float(fn_(tp, fp, fn, tn, reduction="micro")) if n else NAN
+            for name, fn_ in (
+                ("pixel_acc", smp.metrics.accuracy),
+                ("dice", smp.metrics.f1_score),
+                ("iou", smp.metrics.iou_score),
+            )
+        }
         return SplitMetrics(
-            patches=int(s["patches"]),
-            loss=(s["seg"] + s["pattern"] + s["intensity"]) / n,
-            loss_seg=s["seg"] / n,
-            loss_pattern=s["pattern"] / n,
-            loss_intensity=s["intensity"] / n,
-            pixel_acc=s["pixels_right"] / max(s["pixels"], 1.0),
-            pattern_acc=s["pattern_right"] / n,
-            intensity_acc=s["intensity_right"] / n,
+            patches=n,
+            loss=seg + pattern + intensity,
+            loss_seg=seg,
+            loss_pattern=pattern,
+            loss_intensity=intensity,
+            **pixel_scores,
+            pattern_acc=float(np.trace(pattern_cm) / n) if n else NAN,
+            pattern_mca=mean_class_accuracy(pattern_cm),
+            intensity_acc=float(np.trace(intensity_cm) / n) if n else NAN,
+            pattern_confusion=tuple(map(tuple, pattern_cm.tolist())),
+            intensity_confusion=tuple(map(tuple, intensity_cm.tolist())),
+            **votes,
         )
+
+
+def majority_votes(
+    index: pd.DataFrame, pattern_probs: np.ndarray, intensity_probs: np.ndarray
+) -> dict[str, object]:
+    """Image- and patient-level accuracy and mean class accuracy by majority vote, and the
+    patient-level confusion matrices.
+
+    `index` has one row per patch (patient, specimen, pattern, intensity), aligned with the
+    predicted probabilities (patches x 7 patterns; patches of P(positive)). Each specimen
+    (image) and each patient gets the label most of its patches predict; a tie goes to the
+    tied label with the larger summed probability.
+    """
+    patches = pd.DataFrame(
+        {
+            "image": index.patient.astype(str).to_numpy()
+            + "/"
+            + index.specimen.astype(str).to_numpy(),
+            "patient": index.patient.to_numpy(),
+            "pattern": index.pattern.map(PATTERNS.index).to_numpy(),
+            "intensity": index.intensity.map(INTENSITIES.index).to_numpy(),
+        }
+    )
+    intensity_probs = np.stack([1 - intensity_probs, intensity_probs], 1)
+    result = {}
+    for level in VOTE_LEVELS:
+        for task, probs, classes in (
+            ("pattern", pattern_probs, len(PATTERNS)),
+            ("intensity", intensity_probs, len(INTENSITIES)),
+        ):
+            votes = np.eye(classes)[probs.argmax(1)]
+            # Counts first; the summed probability (< 1 per patch) only breaks ties.
+            score = votes + probs / (len(probs) + 1)
+            grouped = pd.DataFrame(score).groupby(patches[level].to_numpy()).sum()
+            predicted = grouped.to_numpy().argmax(1)
+            true = patches.groupby(level)[task].first().loc[grouped.index].to_numpy()
+            cm = confusion(true, predicted, classes)
+            result[f"{level}_{task}_acc"] = float(np.trace(cm) / cm.sum())
+            if task == "pattern":
+                result[f"{level}_pattern_mca"] = mean_class_accuracy(cm)
+            if level == "patient":
+                result[f"patient_{task}_confusion"] = tuple(map(tuple, cm.tolist()))
+    return result

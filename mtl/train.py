@@ -1,20 +1,39 @@
-"""Training of one fold: `train_fold(config, fold)` yields one EpochMetrics per epoch."""
+"""Training of one fold: `train_fold(config, fold)` yields one EpochMetrics per epoch.
+
+`FoldTrainer` holds the fold's whole state (model, the network's optimizer, the balancer
+with its own optimizer and L(0), the RNG state, the epoch) and saves it to a checkpoint
+that `torch.load(weights_only=True)` reads back. Data order and augmentation are functions
+of (seed, epoch), so a fold resumed from the checkpoint of epoch k trains epochs k+1.. on a
+CPU exactly as the uninterrupted run does.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from mtl.balancing import build_balancer
 from mtl.config import TrainConfig
-from mtl.data import PatchDataset, assign_folds, collate_batch, fold_names, open_store
+from mtl.data import (
+    PatchDataset,
+    PatchStore,
+    assign_folds,
+    build_augmentation,
+    fold_names,
+    make_loader,
+    open_store,
+)
 from mtl.losses import task_losses
-from mtl.metrics import EpochMetrics, RunningSums
+from mtl.metrics import EpochMetrics, RunningSums, SplitMetrics, majority_votes
 from mtl.model import MultiTaskUNet
+
+CHECKPOINT_VERSION = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,8 +54,7 @@ def split_rows(config: TrainConfig, index, fold: str) -> tuple[np.ndarray, np.nd
     return np.flatnonzero(~held_out), np.flatnonzero(held_out)
 
 
-def train_fold(config: TrainConfig, fold: str) -> Iterator[EpochMetrics]:
-    """Train on every fold but `fold`, validate on `fold`, one EpochMetrics per epoch."""
+def open_checked_store(config: TrainConfig) -> PatchStore:
     if not config.data:
         raise ValueError("config.data must name a patch store (python -m mtl.data)")
     store = open_store(config.data)
@@ -45,79 +63,193 @@ def train_fold(config: TrainConfig, fold: str) -> Iterator[EpochMetrics]:
             f"image_size is {config.image_size} but the store {config.data} holds "
             f"{store.size}x{store.size} patches"
         )
-    train_rows, val_rows = split_rows(config, store.index, fold)
-    if len(train_rows) < config.batch_size:
-        raise ValueError(f"fold {fold}: {len(train_rows)} training patches, fewer than a batch")
+    return store
 
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    model = MultiTaskUNet.from_config(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    balancer = build_balancer(
-        config.balancer, model.shared_parameters(), alpha=config.alpha, lr=config.balancer_lr
-    ).to(device)
-    train_data = PatchDataset(store, train_rows)
-    val_loader = _loader(PatchDataset(store, val_rows), config, shuffle=False)
 
-    for epoch in range(1, config.epochs + 1):
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The network's learning rate during `epoch` (1-based); a function of the epoch alone."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / config.epochs))
+    return config.lr
+
+
+class FoldTrainer:
+    """Trains on every fold but `fold` and validates on `fold`, one epoch per `run_epoch()`."""
+
+    def __init__(self, config: TrainConfig, fold: str, store: PatchStore | None = None):
+        self.config, self.fold = config, fold
+        self.store = store or open_checked_store(config)
+        train_rows, val_rows = split_rows(config, self.store.index, fold)
+        if len(train_rows) < config.batch_size:
+            raise ValueError(f"fold {fold}: {len(train_rows)} training patches, fewer than a batch")
+        if not len(val_rows):
+            raise ValueError(f"fold {fold} has no patients in {config.data}")
+        self.val_index = self.store.index.iloc[val_rows].reset_index(drop=True)
+
+        self.device = resolve_device(config.device)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: training drops the last batch
+        torch.manual_seed(config.seed)
+        self.model = MultiTaskUNet.from_config(config).to(self.device)
+        if cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=cuda)
+        self.balancer = build_balancer(
+            config.balancer,
+            self.model.shared_parameters(),
+            alpha=config.alpha,
+            lr=config.balancer_lr,
+        ).to(self.device)
+        options = {"num_workers": config.num_workers, "pin_memory": cuda, "seed": config.seed}
+        augment = build_augmentation(config.augment)
+        self.train_loader = make_loader(
+            PatchDataset(self.store, train_rows, augment),
+            config.batch_size,
+            shuffle=True,
+            **options,
+        )
+        self.val_loader = make_loader(
+            PatchDataset(self.store, val_rows), config.batch_size, shuffle=False, **options
+        )
+        self.epoch = 0  # epochs completed
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.train_loader) + len(self.val_loader)
+
+    def run_epoch(self, progress: Callable[[int], None] | None = None) -> EpochMetrics:
+        """Train one epoch, validate, and return its metrics. `progress(n)` after each batch."""
         start = time.perf_counter()
-        # The data order depends on (seed, epoch) only, so any epoch can be replayed.
-        order = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        train_loader = _loader(train_data, config, shuffle=True, generator=order)
-        model.train()
-        skipped_before = int(balancer.skipped_steps)
-        train_sums = RunningSums(device, config.threshold)
-        for batch in train_loader:
-            batch = _to_device(batch, device)
-            with _autocast(device):
-                output = model(batch["image"])
-            losses = task_losses(output, batch, config.seg_loss)
-            optimizer.zero_grad(set_to_none=True)
-            balancer.backward(losses)
-            optimizer.step()
-            train_sums.update(output, batch, losses)
-        train = train_sums.result()
-        balancer.end_epoch([train.loss_seg, train.loss_pattern, train.loss_intensity])
-        val = evaluate(model, val_loader, config, device)
-        yield EpochMetrics(
-            epoch=epoch,
+        self.epoch += 1
+        # Data order and augmentation depend on (seed, epoch) only: any epoch can be replayed.
+        self.train_loader.batch_sampler.set_epoch(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.epoch)
+        self.model.train()
+        skipped_before = int(self.balancer.skipped_steps)
+        sums = RunningSums(self.device, self.config.threshold)
+        for batch in self.train_loader:
+            batch = self._to_device(batch)
+            with self._autocast():
+                output = self.model(batch["image"])
+            losses = task_losses(output, batch, self.config.seg_loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.balancer.backward(losses)
+            self.optimizer.step()
+            sums.update(output, batch, losses)
+            if progress:
+                progress(1)
+        train = sums.result()
+        self.balancer.end_epoch([train.loss_seg, train.loss_pattern, train.loss_intensity])
+        val = self.evaluate(progress)
+        return EpochMetrics(
+            epoch=self.epoch,
             train=train,
             val=val,
-            weights=tuple(balancer.weights.tolist()),
-            skipped_steps=int(balancer.skipped_steps) - skipped_before,
+            weights=tuple(self.balancer.weights.tolist()),
+            skipped_steps=int(self.balancer.skipped_steps) - skipped_before,
             seconds=time.perf_counter() - start,
         )
 
+    @torch.inference_mode()
+    def evaluate(self, progress: Callable[[int], None] | None = None) -> SplitMetrics:
+        """Validation metrics at patch level and by majority vote per image and patient."""
+        self.model.eval()
+        sums = RunningSums(self.device, self.config.threshold)
+        pattern_probs, intensity_probs = [], []
+        for batch in self.val_loader:
+            batch = self._to_device(batch)
+            with self._autocast():
+                output = self.model(batch["image"])
+            sums.update(output, batch, task_losses(output, batch, self.config.seg_loss))
+            pattern_probs.append(output.pattern.float().softmax(1))
+            intensity_probs.append(output.intensity.float().sigmoid())
+            if progress:
+                progress(1)
+        votes = majority_votes(
+            self.val_index,
+            torch.cat(pattern_probs).cpu().numpy(),
+            torch.cat(intensity_probs).cpu().numpy(),
+        )
+        return sums.result(**votes)
 
-@torch.inference_mode()
-def evaluate(model: MultiTaskUNet, loader: DataLoader, config: TrainConfig, device):
-    model.eval()
-    sums = RunningSums(device, config.threshold)
-    for batch in loader:
-        batch = _to_device(batch, device)
-        with _autocast(device):
-            output = model(batch["image"])
-        sums.update(output, batch, task_losses(output, batch, config.seg_loss))
-    return sums.result()
+    def state_dict(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "fold": self.fold,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != CHECKPOINT_VERSION or state.get("fold") != self.fold:
+            raise ValueError(
+                f"checkpoint of fold {state.get('fold')!r} (version {state.get('version')}) "
+                f"cannot resume fold {self.fold!r} (version {CHECKPOINT_VERSION})"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.balancer.load_state_dict(state["balancer"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch = int(state["epoch"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fold's state atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        # weights_only: a checkpoint holds tensors and plain containers, never pickled code.
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        if self.device.type == "cuda":
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def _autocast(self):
+        # bf16 on CUDA needs no GradScaler; on a CPU autocast is much slower, so it stays fp32.
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda")
 
 
-def _loader(dataset, config: TrainConfig, *, shuffle: bool, generator=None) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        drop_last=shuffle,  # a training batch of one breaks BatchNorm
-        collate_fn=collate_batch,
-        num_workers=config.num_workers,
-        pin_memory=torch.cuda.is_available(),
-    )
+def train_fold(
+    config: TrainConfig,
+    fold: str,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> Iterator[EpochMetrics]:
+    """Train one fold, yielding one EpochMetrics per epoch.
+
+    `checkpoint`: a file written by an earlier run to resume from (its later epochs are
+    trained). `checkpoint_dir`: where to write `fold-<fold>.pt` every
+    `config.checkpoint_every` epochs and after the last one.
+    """
+    trainer = FoldTrainer(config, fold)
+    if checkpoint is not None:
+        trainer.load(checkpoint)
+    while trainer.epoch < config.epochs:
+        metrics = trainer.run_epoch()
+        if checkpoint_dir is not None and (
+            trainer.epoch % config.checkpoint_every == 0 or trainer.epoch == config.epochs
+        ):
+            trainer.save(Path(checkpoint_dir) / f"fold-{fold}.pt")
+        yield metrics
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+if __name__ == "__main__":
+    from mtl.train_cli import main
 
-
-def _autocast(device: torch.device):
-    # bf16 on CUDA needs no GradScaler; on a CPU autocast is much slower, so it stays fp32.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    raise SystemExit(main())

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mtl.config import TrainConfig, tiny
+from mtl.config import TrainConfig, parse_overrides, tiny
 from mtl.data import SynthSpec
 
 
@@ -99,44 +97,6 @@ def apply_overrides(study: StudyConfig, pairs: Sequence[str]) -> StudyConfig:
     A key that the grid varies is fixed to the one value. Unknown keys and values of the
     wrong type are errors that name the field.
     """
-    train_changes: dict[str, object] = {}
-    grid = dict(study.grid)
-    hints = typing.get_type_hints(TrainConfig)
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ValueError(f"--set {pair!r}: expected key=value")
-        if key not in hints:
-            known = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
-            raise ValueError(f"--set {key}: no such field; fields are: {known}")
-        value = parse_value(key, text.strip(), hints[key])
-        train_changes[key] = value
-        grid.pop(key, None)
-    return dataclasses.replace(study, train=study.train.replace(**train_changes), grid=grid)
-
-
-def parse_value(key: str, text: str, hint: object) -> object:
-    """Turn the text of `--set key=text` into the field's type, or raise naming the field."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if text.lower() in ("none", "null", "") and type(None) in args:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    try:
-        if origin is typing.Literal:
-            return text
-        if origin is tuple:
-            return tuple(parse_value(key, part.strip(), args[0]) for part in text.split(","))
-        if hint is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if hint in (int, float, str):
-            return hint(text)
-    except ValueError:
-        raise ValueError(
-            f"--set {key}={text}: not a valid {getattr(hint, '__name__', hint)}"
-        ) from None
-    raise ValueError(f"--set {key}: fields of type {hint} cannot be set from the command line")
+    changes = parse_overrides(pairs)
+    grid = {key: values for key, values in study.grid.items() if key not in changes}
+    return dataclasses.replace(study, train=study.train.replace(**changes), grid=grid)

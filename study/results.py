@@ -8,28 +8,25 @@ experiment folder at any time.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mtl.losses import TASKS
-from mtl.metrics import EpochMetrics, SplitMetrics
+from mtl.metrics import EpochMetrics
+from mtl.tables import order_columns, write_parquet
+
+__all__ = ["epoch_report", "epoch_rows", "fold_summary", "write_parquet"]
 
 # The study's score: the mean of the three patch-level validation accuracies.
 SCORE_METRICS = ("pixel_acc", "pattern_acc", "intensity_acc")
-CV_METRICS = ("loss", "loss_seg", "loss_pattern", "loss_intensity", *SCORE_METRICS)
-FOLD_PREFIX = "fold/"
-EPOCH_COLUMNS = (
-    "trial_id", "fold", "epoch", "split",
-    *(f.name for f in dataclasses.fields(SplitMetrics)),
-    *(f"weight_{task}" for task in TASKS),
-    "skipped_steps",
-    "seconds",
+CV_METRICS = (
+    "loss", "loss_seg", "loss_pattern", "loss_intensity",
+    "pixel_acc", "dice", "iou", "pattern_acc", "pattern_mca", "intensity_acc",
+    "image_pattern_acc", "image_intensity_acc",
+    "patient_pattern_acc", "patient_pattern_mca", "patient_intensity_acc",
 )  # fmt: skip
+FOLD_PREFIX = "fold/"
 
 
 def epoch_report(by_fold: Mapping[str, EpochMetrics]) -> dict[str, float]:
@@ -50,24 +47,26 @@ def epoch_report(by_fold: Mapping[str, EpochMetrics]) -> dict[str, float]:
 
 
 def epoch_rows(trial_id: str, reports: pd.DataFrame) -> pd.DataFrame:
-    """Long rows (trial_id, fold, epoch, split, metrics...) from one trial's reports."""
+    """Long rows (trial_id, fold, epoch, split, metrics...) from one trial's reports.
+
+    An epoch reported twice (a trial resumed from a checkpoint older than its last report)
+    keeps its last report, so no (fold, epoch, split) appears twice.
+    """
     fold_columns = [c for c in reports.columns if c.startswith(FOLD_PREFIX)]
     if reports.empty or not fold_columns:
         return pd.DataFrame()
     long = reports[["epoch", *fold_columns]].melt(id_vars="epoch", var_name="key")
     parts = long.key.str[len(FOLD_PREFIX) :].str.split("/", n=2, expand=True)
     long = long.assign(fold=parts[0], split=parts[1], metric=parts[2])
-    table = long.pivot_table(
-        index=["fold", "epoch", "split"], columns="metric", values="value", aggfunc="last"
-    ).reset_index()
-    table.columns.name = None
+    long = long.drop_duplicates(["fold", "epoch", "split", "metric"], keep="last")
+    table = long.pivot(index=["fold", "epoch", "split"], columns="metric", values="value")
+    table = table.reset_index().rename_axis(columns=None)
     table.insert(0, "trial_id", trial_id)
-    table["epoch"] = table["epoch"].astype(int)
-    table["patches"] = table["patches"].astype(int)
-    ordered = [c for c in EPOCH_COLUMNS if c in table] + [
-        c for c in table if c not in EPOCH_COLUMNS
-    ]
-    return table[ordered].sort_values(["fold", "epoch", "split"], ignore_index=True)
+    counts = ["epoch", "patches", "skipped_steps", *(c for c in table if c.startswith("cm_"))]
+    table = table.astype({c: int for c in counts if c in table})
+    metric_order = list(dict.fromkeys(parts[2]))  # as reported: EpochMetrics.rows() order
+    table = order_columns(table, metric_order)
+    return table.sort_values(["fold", "epoch", "split"], ignore_index=True)
 
 
 def fold_summary(epochs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -> pd.DataFrame:
@@ -80,11 +79,3 @@ def fold_summary(epochs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -
     summary["cv_score"] = mean.mean(axis=1)
     summary["cv_folds"] = last.groupby("trial_id").fold.nunique()
     return summary.reset_index()
-
-
-def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write atomically: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)

@@ -19,10 +19,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from mtl.data import build_synthetic_store, fold_names, open_store
+from mtl.tables import ID_COLUMNS
 from mtl.train import split_rows
 from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset
 from study.report import comparison_table, print_comparison
-from study.results import EPOCH_COLUMNS, epoch_rows, fold_summary, write_parquet
+from study.results import epoch_rows, fold_summary, write_parquet
 
 console = Console()
 
@@ -179,7 +180,7 @@ def collect(grid, study: StudyConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
             }
         )
     frames = [f for f in epoch_frames if not f.empty]
-    epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EPOCH_COLUMNS)
+    epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ID_COLUMNS)
     trials = pd.DataFrame(trial_rows)
     if frames:
         trials = trials.merge(fold_summary(epochs), on="trial_id", how="left")

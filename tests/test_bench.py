@@ -30,3 +30,26 @@ def test_balancer_cost(run_bench):
     assert tiny["ratio_to_equal"]["equal"] == 1.0
     assert all(seconds > 0 for seconds in tiny["seconds_per_step"].values())
     assert {"encoder", "image_size", "batch", "steps"} <= set(tiny)
+
+
+def test_dataloader(run_bench):
+    result = run_bench("dataloader.py", "--size", "64", "--patients", "2", "--epochs", "1")
+    speeds = result["patches_per_second_per_worker"]
+    assert set(speeds) == {"store", "store + basic augmentation", "PNG decoding"}
+    assert all(s > 0 for s in speeds.values())
+    assert result["ratio_to_png"]["PNG decoding"] == 1.0
+    assert result["patches"] == 30
+
+
+def test_harness_overhead(run_bench):
+    result = run_bench(
+        "harness_overhead.py",
+        "--patients",
+        "10",
+        "--epochs",
+        "1",
+        "--encoder",
+        "tu-mobilenetv3_small_050",
+    )
+    assert result["ratio"] > 0 and result["bare_seconds_per_epoch"] > 0
+    assert {"engine_seconds_per_epoch", "train_patches", "val_patches", "encoder"} <= set(result)

@@ -7,14 +7,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtl.data.dataset import PatchDataset, collate_batch
+from mtl.data.augment import AUGMENTATIONS, build_augmentation
+from mtl.data.dataset import EpochBatches, PatchDataset, collate_batch, make_loader
 from mtl.data.folds import FOLD_SCHEMES, assign_folds, fold_names, reference_patients
 from mtl.data.grid import PatchGrid
+from mtl.data.importers import ImportProblems, import_patches, import_specimens
 from mtl.data.store import INDEX_COLUMNS, PatchStore, StoreWriter, open_store
 from mtl.data.synthetic import SynthSpec, generate
 
 __all__ = [
+    "AUGMENTATIONS",
+    "EpochBatches",
+    "build_augmentation",
+    "make_loader",
     "FOLD_SCHEMES",
+    "ImportProblems",
     "INDEX_COLUMNS",
     "PatchDataset",
     "PatchGrid",
@@ -25,6 +32,8 @@ __all__ = [
     "build_synthetic_store",
     "collate_batch",
     "fold_names",
+    "import_patches",
+    "import_specimens",
     "open_store",
     "reference_patients",
 ]

@@ -78,11 +78,14 @@ class StoreWriter:
         self.tmp = self.out.with_name(f".{self.out.name}.partial-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
-        self.size = size
+        self.size, self.force = size, force
         shape = (count, size, size)
-        self.images = np.lib.format.open_memmap(self.tmp / "images.npy", "w+", np.uint8, shape)
-        self.masks = np.lib.format.open_memmap(self.tmp / "masks.npy", "w+", np.uint8, shape)
-        self.force = force
+        try:
+            self.images = np.lib.format.open_memmap(self.tmp / "images.npy", "w+", np.uint8, shape)
+            self.masks = np.lib.format.open_memmap(self.tmp / "masks.npy", "w+", np.uint8, shape)
+        except BaseException:  # e.g. a full disk: leave nothing behind
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
 
     def __enter__(self) -> StoreWriter:
         return self

@@ -124,7 +124,7 @@ def _patient_style(rng: np.random.Generator, pattern: str, intensity: str, size:
         gain=rng.uniform(*GAIN[intensity]),
         # Nuclei keep a legible size on small patches (texture needs pixels).
         radius=max(9.0, size / 12) * rng.uniform(0.85, 1.15),
-        coverage=rng.uniform(0.25, 0.5),
+        coverage=rng.uniform(0.15, 0.55),
         background=rng.uniform(0.02, 0.07),
         noise=rng.uniform(0.015, 0.035),
         texture=rng.uniform(0.8, 1.2),
@@ -223,26 +223,26 @@ def _dots(
 
 
 def _homogeneous(rng, style, u, v, d, edge, a, mitotic):
-    return edge * (0.85 + 0.08 * rng.standard_normal(u.shape).astype(np.float32).clip(-2, 2))
+    return edge * (0.6 + 0.06 * rng.standard_normal(u.shape).astype(np.float32).clip(-2, 2))
 
 
 def _speckled(rng, style, u, v, d, edge, a, mitotic):
     fine = rng.random(u.shape).astype(np.float32)
     speckles = cv2.GaussianBlur((fine > 0.55).astype(np.float32), (0, 0), 0.5 * style.texture)
     holes = 1.0 - 0.8 * _dots(rng, u, v, rng.integers(1, 4), 0.2 * a, 0.5, a)  # spared nucleoli
-    return edge * holes * (0.25 + 0.9 * speckles)
+    return edge * holes * (0.2 + 0.75 * speckles)
 
 
 def _nucleolar(rng, style, u, v, d, edge, a, mitotic):
     blobs = _dots(rng, u, v, rng.integers(2, 6), 0.13 * a * style.texture, 0.55, a)
-    return edge * (0.1 + 0.95 * blobs)
+    return edge * (0.25 + 0.8 * blobs)
 
 
 def _centromere(rng, style, u, v, d, edge, a, mitotic):
     # 40-60 dots on a full-size nucleus; fewer on a small one so that they stay discrete.
     count = max(8, round(rng.uniform(40, 60) * min(1.0, (a / 24) ** 2)))
     dots = _dots(rng, u, v, count, 0.75 * style.texture, 0.85, a)
-    return edge * (0.06 + dots)
+    return edge * (0.2 + 0.85 * dots)
 
 
 def _golgi(rng, style, u, v, d, edge, a, mitotic):
@@ -250,16 +250,16 @@ def _golgi(rng, style, u, v, d, edge, a, mitotic):
     angle = np.angle(np.exp(1j * (np.arctan2(v, u) - side)))
     blob = np.exp(-(((d - 0.95) / 0.22) ** 2) - (angle / (0.6 * style.texture)) ** 2)
     grains = 0.6 + 0.4 * rng.random(u.shape).astype(np.float32)
-    return np.maximum(edge * 0.08, blob * grains)
+    return np.maximum(edge * 0.2, blob * grains)
 
 
 def _numem(rng, style, u, v, d, edge, a, mitotic):
     rim = np.exp(-(((d - 0.9) / (0.09 * style.texture)) ** 2))
-    return edge * (0.18 + 0.85 * rim)
+    return edge * (0.25 + 0.8 * rim)
 
 
 def _mitsp(rng, style, u, v, d, edge, a, mitotic):
-    interphase = edge * (0.12 + 0.1 * rng.random(u.shape).astype(np.float32))
+    interphase = edge * (0.25 + 0.1 * rng.random(u.shape).astype(np.float32))
     if not mitotic:
         return interphase
     # A spindle: two bright poles on the major axis and the fibres between them.

@@ -6,9 +6,13 @@ from study.results import epoch_report, epoch_rows, fold_summary, write_parquet
 
 
 def _split(acc: float) -> SplitMetrics:
+    cm = [[0] * 7 for _ in range(7)]
+    cm[0][0], cm[1][0] = 5, 5
     return SplitMetrics(
         patches=10, loss=1.0, loss_seg=0.2, loss_pattern=0.5, loss_intensity=0.3,
-        pixel_acc=acc, pattern_acc=acc / 2, intensity_acc=1 - acc,
+        pixel_acc=acc, dice=acc, iou=acc, pattern_acc=acc / 2, pattern_mca=0.5,
+        intensity_acc=1 - acc, pattern_confusion=tuple(map(tuple, cm)),
+        intensity_confusion=((5, 0), (0, 5)), patient_pattern_acc=acc,
     )  # fmt: skip
 
 
@@ -39,6 +43,9 @@ def test_reports_become_long_rows_and_back():
     assert not rows.duplicated(["trial_id", "fold", "epoch", "split"]).any()
     a2 = rows[(rows.fold == "A") & (rows.epoch == 2) & (rows.split == "val")].iloc[0]
     assert a2.pixel_acc == pytest.approx(0.7) and a2.weight_seg == 1.0
+    assert a2.cm_pattern_speckled_homogeneous == 5 and a2.recall_speckled == 0.0
+    assert pd.isna(a2.recall_golgi)  # absent class: NaN survives the round trip
+    assert a2.patches == 10 and rows.patches.dtype.kind == "i"
 
 
 def test_fold_summary_is_mean_and_sample_std_of_the_last_epoch():
