@@ -88,6 +88,11 @@ class TrainConfig:
                 f"got {self.image_size}"
             )
 
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """From `dataclasses.asdict` output read back from JSON (lists become tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
     def replace(self, **changes: object) -> TrainConfig:
         """A copy with some fields changed (and validated again)."""
         return dataclasses.replace(self, **changes)

@@ -1,7 +1,9 @@
 """Studies as presets: functions returning a frozen StudyConfig.
 
-A study is a base TrainConfig, a grid of values for some of its fields (one trial per
-combination; every trial is evaluated on all folds), and where the data comes from.
+A study is a base TrainConfig plus either a list of configurations (a grid: one trial each)
+or an Optuna search space (`num_samples` trials), optionally pruned by ASHA; every trial is
+evaluated on all folds. Presets only set fields; everything is validated here, before Ray
+starts.
 """
 
 from __future__ import annotations
@@ -10,79 +12,193 @@ import dataclasses
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
-from mtl.config import TrainConfig, parse_overrides, tiny
+from mtl.config import TrainConfig, original, parse_overrides, tiny
 from mtl.data import SynthSpec
+from mtl.metrics import SplitMetrics
+from study.search import Choice, Domain, IntRange, LogUniform, domain_values
+
+SCORE_METRICS = ("pixel_acc", "pattern_acc", "intensity_acc")
+
+
+def grid(**values: Sequence) -> tuple[dict, ...]:
+    """Every combination of the values, e.g. grid(seg_loss=("dice", "bce"), epochs=(30, 35))."""
+    keys = list(values)
+    return tuple(
+        dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values.values())
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
 class StudyConfig:
     name: str
     train: TrainConfig
-    # TrainConfig field -> the values to try; the study runs every combination.
-    grid: Mapping[str, tuple] = field(default_factory=dict)
+    # Either explicit configurations (TrainConfig overrides, one trial each) ...
+    configurations: tuple[Mapping[str, object], ...] = ()
+    # ... or an Optuna search space over TrainConfig fields, `num_samples` trials.
+    space: Mapping[str, Domain] = field(default_factory=dict)
+    num_samples: int = 1
+    scheduler: Literal["none", "asha"] = "none"
+    grace_period: int = 1  # ASHA: epochs before the first stop decision
+    reduction_factor: float = 2.0  # ASHA: keep 1 / reduction_factor at every rung
+    # The score ASHA and Optuna maximise: the fold-mean of these validation metrics, averaged.
+    score_metrics: tuple[str, ...] = SCORE_METRICS
+    max_concurrent: int = 0  # trials at once; 0: as many as the resources allow
     # Where the data comes from when train.data is empty: generated once, then cached.
     synthetic: SynthSpec | None = None
+    # Resources. Fold workers are Ray actors with these resources each (gpus_per_fold None:
+    # one GPU each when the cluster has GPUs). On a machine without GPUs the folds of a
+    # trial run inside the trial's own process, which takes cpus_per_trial CPUs.
+    gpus_per_fold: float | None = None
+    cpus_per_fold: float = 1.0
     cpus_per_trial: float = 1.0
+    fold_resources: Mapping[str, float] = field(default_factory=dict)  # custom resources
+    max_failures: int = 2  # retries of a failed trial from its last checkpoint
+    seed: int = 0  # the Optuna sampler's
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"name must be a plain folder name, got {self.name!r}")
+        if self.configurations and self.space:
+            raise ValueError("a study has configurations or a search space, not both")
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        for key, values in self.grid.items():
+        for key in self.space:
             if key not in fields:
-                raise ValueError(f"grid: {key!r} is not a TrainConfig field")
-            if not values:
-                raise ValueError(f"grid: {key!r} has no values")
+                raise ValueError(f"space: {key!r} is not a TrainConfig field")
+        metrics = {f.name for f in dataclasses.fields(SplitMetrics)}
+        for metric in self.score_metrics:
+            if metric not in metrics:
+                raise ValueError(f"score_metrics: {metric!r} is not a validation metric")
+        for name in ("num_samples", "grace_period", "cpus_per_fold", "cpus_per_trial"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.reduction_factor <= 1:
+            raise ValueError(f"reduction_factor must be > 1, got {self.reduction_factor}")
+        if self.gpus_per_fold is not None and self.gpus_per_fold < 0:
+            raise ValueError(f"gpus_per_fold must be >= 0, got {self.gpus_per_fold}")
+        if self.max_concurrent < 0 or self.max_failures < 0:
+            raise ValueError("max_concurrent and max_failures must be >= 0")
         if not self.train.data and self.synthetic is None:
             raise ValueError("the study needs data: set train.data (--data) or synthetic")
-        if self.cpus_per_trial <= 0:
-            raise ValueError(f"cpus_per_trial must be positive, got {self.cpus_per_trial}")
-        self.configurations()  # every combination must be a valid TrainConfig
+        for config in self.train_configs():  # every configuration must be a valid TrainConfig
+            del config
 
-    def configurations(self) -> list[dict]:
-        """Every grid combination as a dict of overrides, validated against TrainConfig."""
-        keys = list(self.grid)
-        combos = [
-            dict(zip(keys, values, strict=True))
-            for values in itertools.product(*self.grid.values())
-        ]
-        for combo in combos:
-            self.train.replace(**combo)
-        return combos
+    def train_configs(self) -> list[TrainConfig]:
+        """Every configuration the study may train (a search: each extreme of its domains)."""
+        if self.configurations:
+            return [self.train.replace(**c) for c in self.configurations]
+        configs = [self.train]
+        for key, domain in self.space.items():
+            configs += [self.train.replace(**{key: v}) for v in domain_values(domain)]
+        return configs
+
+    @property
+    def varying(self) -> tuple[str, ...]:
+        """The TrainConfig fields that differ between trials."""
+        keys = dict.fromkeys(k for c in self.configurations for k in c)
+        return tuple(keys) + tuple(self.space)
+
+    @property
+    def max_epochs(self) -> int:
+        return max(c.epochs for c in self.train_configs())
+
+    @property
+    def num_trials(self) -> int:
+        return len(self.configurations) if self.configurations else self.num_samples
 
 
 def demo() -> StudyConfig:
-    """Dice vs BCE on synthetic 64 px data, 5 folds: a few minutes on a 2-core laptop."""
+    """A short Optuna + ASHA search on synthetic 64 px data: minutes on a 2-core laptop."""
     train = TrainConfig(
         encoder="tu-resnet10t",
         decoder_channels=(64, 32, 16, 8, 8),
         head="pool",
         head_hidden=64,
         image_size=64,
-        epochs=6,
+        epochs=5,
         batch_size=16,
-        lr=5e-4,
+        # Every trial trains 5 epochs, so a cosine schedule keeps ASHA's rungs comparable,
+        # and it makes the last epoch's numbers steady.
+        lr=1e-3,
+        lr_schedule="cosine",
+        augment="basic",
     )
     return StudyConfig(
         name="demo",
         train=train,
-        grid={"seg_loss": ("dice", "bce")},
-        synthetic=SynthSpec(patients=60, size=64, specimens=1, seed=0),
+        space={
+            "seg_loss": Choice(("dice", "bce")),
+            "balancer": Choice(("equal", "gradnorm")),
+            "alpha": LogUniform(0.05, 1.5),
+        },
+        num_samples=4,
+        scheduler="asha",
+        grace_period=2,
+        max_concurrent=2,
+        synthetic=SynthSpec(patients=48, size=64, specimens=1, seed=0),
     )
 
 
 def smoke() -> StudyConfig:
-    """Seconds: the tiny model, 10 synthetic patients, two epochs; for tests."""
+    """Seconds: the tiny model, 10 synthetic patients, two epochs, Dice vs BCE; for tests."""
     return StudyConfig(
         name="smoke",
         train=tiny(),
-        grid={"seg_loss": ("dice", "bce")},
+        configurations=grid(seg_loss=("dice", "bce")),
         synthetic=SynthSpec(patients=10, size=64, specimens=1, seed=0),
     )
 
 
-PRESETS: dict[str, Callable[[], StudyConfig]] = {"demo": demo, "smoke": smoke}
+def paper() -> StudyConfig:
+    """The original study exactly: its six configurations, seed folds A-E, EfficientNet-B4 at
+    384 px, batch 8, Adam 1e-4 (network and GradNorm weights), no augmentation, no pruning.
+
+    Without --data it runs on a synthetic set of the real set's size (252 patients).
+    """
+    six = (
+        {"seg_loss": "dice", "epochs": 30, "alpha": 0.06},
+        {"seg_loss": "dice", "epochs": 35, "alpha": 0.06},
+        {"seg_loss": "dice", "epochs": 30, "alpha": 0.12},
+        {"seg_loss": "bce", "epochs": 30, "alpha": 0.06},
+        {"seg_loss": "bce", "epochs": 35, "alpha": 0.06},
+        {"seg_loss": "bce", "epochs": 30, "alpha": 0.12},
+    )
+    return StudyConfig(
+        name="paper",
+        train=original(),
+        configurations=six,
+        synthetic=SynthSpec(patients=252, size=384, specimens=4, seed=0),
+    )
+
+
+def search() -> StudyConfig:
+    """Optuna over GradNorm's alpha, epochs, segmentation loss, balancer and its learning
+    rate, with ASHA; the original model and data setting otherwise."""
+    return StudyConfig(
+        name="search",
+        train=original(),
+        space={
+            "alpha": LogUniform(0.01, 3.0),
+            "epochs": IntRange(20, 40, 5),
+            "seg_loss": Choice(("dice", "bce")),
+            "balancer": Choice(("gradnorm", "equal", "uncertainty", "dwa")),
+            "balancer_lr": LogUniform(1e-4, 0.1),
+        },
+        num_samples=40,
+        scheduler="asha",
+        grace_period=5,
+        reduction_factor=2,
+        synthetic=SynthSpec(patients=252, size=384, specimens=4, seed=0),
+    )
+
+
+PRESETS: dict[str, Callable[[], StudyConfig]] = {
+    "demo": demo,
+    "smoke": smoke,
+    "paper": paper,
+    "search": search,
+}
 
 
 def get_preset(name: str) -> StudyConfig:
@@ -94,9 +210,18 @@ def get_preset(name: str) -> StudyConfig:
 def apply_overrides(study: StudyConfig, pairs: Sequence[str]) -> StudyConfig:
     """Apply `--set key=value` pairs to the study's TrainConfig.
 
-    A key that the grid varies is fixed to the one value. Unknown keys and values of the
-    wrong type are errors that name the field.
+    A field that the configurations or the search space vary is fixed to the value given.
+    Unknown keys and values of the wrong type are errors that name the field.
     """
     changes = parse_overrides(pairs)
-    grid = {key: values for key, values in study.grid.items() if key not in changes}
-    return dataclasses.replace(study, train=study.train.replace(**changes), grid=grid)
+    configurations = tuple(
+        dict.fromkeys(
+            tuple((k, v) for k, v in c.items() if k not in changes) for c in study.configurations
+        )
+    )
+    return dataclasses.replace(
+        study,
+        train=study.train.replace(**changes),
+        configurations=tuple(dict(c) for c in configurations if c) if configurations else (),
+        space={k: d for k, d in study.space.items() if k not in changes},
+    )

@@ -1,35 +1,124 @@
-"""A compact progress display for the driver, instead of Ray's raw status tables."""
+"""Driver-side Tune callbacks: a live view of the study, and its Parquet tables kept current.
+
+Tune pickles its callbacks when it starts; neither holds a rich Console or Live (they have
+locks) until `setup()` runs in the driver.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray.tune import Callback
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
 from study.presets import StudyConfig
+from study.results import record, status, study_tables, write_tables
+
+STATUS_STYLE = {"completed": "green", "pruned": "yellow", "errored": "red", "running": "cyan"}
 
 
-class StudyProgress(Callback):
-    """One line per trial and epoch: configuration, epoch, cross-validated score."""
+class ResultsWriter(Callback):
+    """Rewrites epochs.parquet and trials.parquet whenever a trial ends: a crash of the
+    driver never loses a finished trial."""
 
-    def __init__(self, study: StudyConfig):
-        self.study = study  # no Console here: Tune pickles its callbacks, a Console has locks
+    def __init__(self, study: StudyConfig, folder: Path):
+        self.study, self.folder = study, folder
 
-    @property
-    def console(self) -> Console:
-        from study.run import console
-
-        return console
-
-    def _label(self, trial) -> str:
-        return ", ".join(f"{k}={trial.config.get(k)}" for k in self.study.grid) or trial.trial_id
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        epochs = self.study.train.replace(**trial.config).epochs
-        self.console.print(
-            f"  {self._label(trial)}  epoch {result['epoch']}/{epochs}  "
-            f"score {result['cv_score']:.3f}  (pixel {result['cv_pixel_acc']:.3f}, "
-            f"pattern {result['cv_pattern_acc']:.3f}, intensity {result['cv_intensity_acc']:.3f})"
+    def write(self, trials) -> None:
+        records = [record(t, t.local_path) for t in trials]
+        write_tables(
+            self.folder, *study_tables(records, self.study.train, self.study.score_metrics)
         )
 
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.write(trials)
+
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.console.print(f"  [red]{self._label(trial)} failed[/red]")
+        self.write(trials)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.write(trials)
+
+
+class LiveView(Callback):
+    """One row per trial: configuration, status, epoch, cross-validated score; and the best."""
+
+    def __init__(self, study: StudyConfig):
+        self.study = study
+        self.rows: dict[str, dict] = {}
+        self.live: Live | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "live": None}
+
+    def setup(self, **info) -> None:
+        self.live = Live(self.render(), console=Console(), refresh_per_second=2)
+        self.live.start()
+
+    def _row(self, trial) -> dict:
+        epochs = self.study.train.replace(**trial.config).epochs
+        label = ", ".join(f"{k}={_short(trial.config.get(k))}" for k in self.study.varying)
+        return self.rows.setdefault(
+            trial.trial_id,
+            {"label": label or "base", "status": "running", "epoch": 0, "epochs": epochs,
+             "score": None, "best": None},
+        )  # fmt: skip
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._row(trial)["status"] = "running"
+        self.refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        row = self._row(trial)
+        row.update(epoch=int(result["epoch"]), score=float(result["cv_score"]), status="running")
+        row["best"] = max(row["best"] or row["score"], row["score"])
+        self.refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        row = self._row(trial)
+        row["status"] = status("TERMINATED", row["epoch"], row["epochs"])
+        self.refresh()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._row(trial)["status"] = "errored"
+        self.refresh()
+
+    def on_experiment_end(self, trials, **info) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+            self.live.stop()
+            self.live.console.print()  # the caption ends without a newline
+
+    def refresh(self) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+
+    def render(self) -> Table:
+        table = Table(
+            title=f"study {self.study.name}: {len(self.rows)}/{self.study.num_trials} trials"
+        )
+        for column in ("trial", "configuration", "status", "epoch", "cv score", "best"):
+            table.add_column(
+                column, justify="right" if column in ("epoch", "cv score", "best") else "left"
+            )
+        for trial_id, row in self.rows.items():
+            style = STATUS_STYLE.get(row["status"], "")
+            table.add_row(
+                trial_id,
+                row["label"],
+                f"[{style}]{row['status']}[/]" if style else row["status"],
+                f"{row['epoch']}/{row['epochs']}",
+                "-" if row["score"] is None else f"{row['score']:.3f}",
+                "-" if row["best"] is None else f"{row['best']:.3f}",
+            )
+        scored = [(r["best"], r["label"]) for r in self.rows.values() if r["best"] is not None]
+        if scored:
+            best, label = max(scored)
+            table.caption = f"best so far: {label} (cv score {best:.3f})"
+        return table
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)

@@ -1,25 +1,156 @@
 """The Tune trainable: one trial is one configuration, trained on every fold in lockstep.
 
-It adapts `mtl.train.train_fold` to `tune.report` and does nothing else: each epoch, every
-fold trains and validates once, and the trial reports the fold-mean (cross-validated)
-metrics that ASHA and Optuna see, plus each fold's metrics for the Parquet tables.
+Each fold is a `FoldWorker` around `mtl.train.FoldTrainer`: a Ray actor in the trial's
+placement group (one GPU or a fraction of one) on a cluster, or an object in the trial's own
+process on a machine without GPUs. Every epoch each fold trains and validates once; the
+trial reports the fold-mean (cross-validated) metrics that ASHA and Optuna see plus every
+fold's metrics, and every `checkpoint_every` epochs a checkpoint holding all folds.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import ray
 import torch
 from ray import tune
+from ray.util.placement_group import get_current_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mtl.config import TrainConfig
-from mtl.train import train_fold
+from mtl.data import open_store
+from mtl.metrics import EpochMetrics
+from mtl.train import FoldTrainer
 from study.results import epoch_report
+from study.storage import fetch_store, store_cache
+
+# Test hook: "FOLD:EPOCH:MARKER" makes fold FOLD's worker die at EPOCH, once (the MARKER file
+# records that it did), to exercise retries from checkpoints.
+CRASH_ENV = "HEP2_STUDY_CRASH"
+
+
+class FoldWorker:
+    """One fold of a trial: a FoldTrainer (or a stand-in with its interface, for tests)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        fold: str,
+        threads: int,
+        store_hash: str,
+        trainer: type = FoldTrainer,
+    ):
+        torch.set_num_threads(threads)
+        self.fold = fold
+        # A URI is fetched once per node into a local cache; a path must be readable here.
+        local = fetch_store(config.data, store_cache())
+        found = open_store(local).content_hash
+        if found != store_hash:
+            node = ray.util.get_node_ip_address()
+            raise ValueError(
+                f"node {node}: the store at {config.data} has content hash {found}, "
+                f"the study's is {store_hash}"
+            )
+        self.trainer = trainer(config.replace(data=str(local)), fold)
+
+    def run_epoch(self) -> tuple[EpochMetrics, str]:
+        _maybe_crash(self.fold, self.trainer.epoch + 1)
+        return self.trainer.run_epoch(), ray.get_runtime_context().get_node_id()
+
+    def state(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save(self.trainer.state_dict(), buffer)
+        return buffer.getvalue()
+
+    def load(self, state: bytes) -> None:
+        # weights_only: a checkpoint holds tensors and plain containers, never pickled code.
+        self.trainer.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
+
+
+def _maybe_crash(fold: str, epoch: int) -> None:
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    crash_fold, crash_epoch, marker = spec.split(":", 2)
+    if fold == crash_fold and epoch == int(crash_epoch) and not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(1)  # die as a lost node or an out-of-memory kill would: no clean-up
+
+
+class Folds:
+    """The trial's fold workers, called alike whether they are actors or local objects."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        folds: tuple[str, ...],
+        actor_options: dict | None,
+        threads: int,
+        store_hash: str,
+        trainer: type,
+    ):
+        self.actors = actor_options is not None
+        args = (threads, store_hash, trainer)
+        if not self.actors:  # no GPUs: the folds share the trial's own process
+            self.workers = [FoldWorker(config, fold, *args) for fold in folds]
+            return
+        group = get_current_placement_group()
+        remote = ray.remote(FoldWorker)
+        self.workers = [
+            remote.options(
+                **actor_options,
+                # Fold i gets bundle i of the trial's placement group (see run.trial_resources).
+                scheduling_strategy=PlacementGroupSchedulingStrategy(group, i) if group else None,
+            ).remote(config, fold, *args)
+            for i, fold in enumerate(folds)
+        ]
+
+    def call(self, method: str, per_worker: list | None = None) -> list:
+        args = [(a,) for a in per_worker] if per_worker is not None else [()] * len(self.workers)
+        if not self.actors:
+            return [getattr(w, method)(*a) for w, a in zip(self.workers, args, strict=True)]
+        calls = [getattr(w, method).remote(*a) for w, a in zip(self.workers, args, strict=True)]
+        return ray.get(calls)
 
 
 def run_trial(
-    overrides: dict, *, base: TrainConfig, folds: tuple[str, ...], threads: int = 1
+    overrides: dict,
+    *,
+    base: TrainConfig,
+    folds: tuple[str, ...],
+    score_metrics: tuple[str, ...],
+    store_hash: str,
+    actor_options: dict | None,
+    threads: int,
+    trainer: type = FoldTrainer,
 ) -> None:
-    torch.set_num_threads(threads)
     config = base.replace(**overrides)
-    runs = {fold: train_fold(config, fold) for fold in folds}
-    for _ in range(config.epochs):
-        tune.report(epoch_report({fold: next(run) for fold, run in runs.items()}))
+    workers = Folds(config, folds, actor_options, threads, store_hash, trainer)
+    done = 0  # epochs completed
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a resumed or retried trial
+        with checkpoint.as_directory() as folder:
+            states = [(Path(folder) / f"fold-{fold}.pt").read_bytes() for fold in folds]
+            done = json.loads((Path(folder) / "trial.json").read_text())["epoch"]
+        workers.call("load", states)
+    for epoch in range(done + 1, config.epochs + 1):
+        results = workers.call("run_epoch")
+        report = epoch_report(
+            {fold: metrics for fold, (metrics, _) in zip(folds, results, strict=True)},
+            score_metrics,
+            nodes={fold: node for fold, (_, node) in zip(folds, results, strict=True)},
+        )
+        report["epochs"] = config.epochs  # what the trial was asked to train (pruning test)
+        if epoch % config.checkpoint_every and epoch != config.epochs:
+            tune.report(report)
+            continue
+        states = workers.call("state")
+        with tempfile.TemporaryDirectory() as folder:
+            for fold, state in zip(folds, states, strict=True):
+                (Path(folder) / f"fold-{fold}.pt").write_bytes(state)
+            (Path(folder) / "trial.json").write_text(json.dumps({"epoch": epoch}))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -117,7 +117,7 @@ class StoreWriter:
             "intensities": index.intensity.value_counts()
             .reindex(INTENSITIES, fill_value=0)
             .to_dict(),
-            "content_hash": _content_hash(self.tmp, index),
+            "content_hash": content_hash(self.tmp, index),
             **extra,
         }
         meta = json.loads(json.dumps(meta, default=int))  # numpy ints -> plain ints
@@ -138,7 +138,7 @@ def _check_index(index: pd.DataFrame, count: int) -> None:
         )
 
 
-def _content_hash(folder: Path, index: pd.DataFrame) -> str:
+def content_hash(folder: Path, index: pd.DataFrame) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for name in ("images.npy", "masks.npy"):
         with open(folder / name, "rb") as f:

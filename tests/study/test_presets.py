@@ -1,11 +1,48 @@
 import pytest
 
-from study.presets import apply_overrides, demo, get_preset, smoke
+from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset, grid, paper, smoke
+from study.search import Choice, IntRange, LogUniform
 
 
-def test_presets_build_valid_studies():
-    for study in (demo(), smoke()):
-        assert len(study.configurations()) == 2
+def test_every_preset_is_a_valid_study():
+    for make in PRESETS.values():
+        study = make()
+        assert study.num_trials >= 2 and study.max_epochs >= study.train.epochs
+
+
+def test_paper_is_the_original_six_configurations():
+    study = paper()
+    assert [(c["seg_loss"], c["epochs"], c["alpha"]) for c in study.configurations] == [
+        ("dice", 30, 0.06), ("dice", 35, 0.06), ("dice", 30, 0.12),
+        ("bce", 30, 0.06), ("bce", 35, 0.06), ("bce", 30, 0.12),
+    ]  # fmt: skip
+    train = study.train
+    assert (train.encoder, train.image_size, train.batch_size, train.lr) == (
+        "efficientnet-b4", 384, 8, 1e-4,
+    )  # fmt: skip
+    assert (train.folds, train.augment, train.balancer, train.balancer_lr) == (
+        "seed", "none", "gradnorm", 1e-4,
+    )  # fmt: skip
+    assert study.scheduler == "none" and not study.space and study.max_epochs == 35
+
+
+def test_grid_is_the_product():
+    assert grid(a=(1, 2), b=("x",)) == ({"a": 1, "b": "x"}, {"a": 2, "b": "x"})
+
+
+def test_invalid_study_values_are_rejected_naming_the_field():
+    base = smoke()
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        StudyConfig(name="s", train=base.train, configurations=({"alpha": -1.0},),
+                    synthetic=base.synthetic)  # fmt: skip
+    with pytest.raises(ValueError, match="space: 'alpah' is not a TrainConfig field"):
+        StudyConfig(name="s", train=base.train, space={"alpah": LogUniform(0.1, 1)},
+                    synthetic=base.synthetic)  # fmt: skip
+    with pytest.raises(ValueError, match="balancer must be one of"):
+        StudyConfig(name="s", train=base.train, space={"balancer": Choice(("equal", "pcgrad"))},
+                    synthetic=base.synthetic)  # fmt: skip
+    with pytest.raises(ValueError, match="IntRange"):
+        IntRange(20, 42, 5)
 
 
 def test_set_overrides_fields_with_their_types():
@@ -14,9 +51,12 @@ def test_set_overrides_fields_with_their_types():
     assert study.train.decoder_channels == (8, 8, 8, 8, 8)
 
 
-def test_set_on_a_grid_field_fixes_it():
+def test_set_on_a_varied_field_fixes_it():
     study = apply_overrides(smoke(), ["seg_loss=bce"])
-    assert study.configurations() == [{}] and study.train.seg_loss == "bce"
+    assert study.configurations == () and study.train.seg_loss == "bce"
+    assert study.num_trials == 1
+    search = apply_overrides(get_preset("search"), ["balancer=equal"])
+    assert "balancer" not in search.space and search.train.balancer == "equal"
 
 
 @pytest.mark.parametrize(
@@ -34,5 +74,5 @@ def test_bad_overrides_name_the_field(pair, message):
 
 
 def test_unknown_preset_lists_the_choices():
-    with pytest.raises(ValueError, match="demo, smoke"):
+    with pytest.raises(ValueError, match="demo, smoke, paper, search"):
         get_preset("huge")

@@ -1,0 +1,270 @@
+"""The study's figures as PNG: training curves, task weights, confusion matrices, Optuna.
+
+Every figure is a plain `matplotlib.figure.Figure` (no pyplot state, no display needed; PNG
+goes through Agg) of a fixed size, so that a report's images line up and tests can check
+them. Each function draws from the long tables of epochs.parquet and returns the path it
+wrote. Optuna's own figures are pyplot figures; they are resized, relabelled and closed here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from mtl.labels import INTENSITIES, PATTERNS
+
+DPI = 100
+# Width, height in inches; at DPI these are the PNGs' sizes in pixels (x 100).
+SIZES = {
+    "curves": (12.0, 7.0),
+    "weights": (12.0, 4.8),
+    "confusion": (12.0, 10.0),
+    "optuna": (9.0, 5.5),
+}
+# One panel column per task: (title, loss column, accuracy column, accuracy title).
+TASK_PANELS = (
+    ("segmentation", "loss_seg", "pixel_acc", "pixel accuracy"),
+    ("pattern", "loss_pattern", "pattern_acc", "pattern accuracy"),
+    ("intensity", "loss_intensity", "intensity_acc", "intensity accuracy"),
+)
+WEIGHTS = {
+    "weight_seg": "segmentation",
+    "weight_pattern": "pattern",
+    "weight_intensity": "intensity",
+}
+SPLIT_STYLE = {"train": {"linestyle": "--", "color": "tab:blue"}, "val": {"color": "tab:orange"}}
+ACCURACY_LIMITS = (0.0, 1.02)  # the same scale in every figure, so configurations compare
+LINE_STYLES = ("-", "--", ":", "-.")
+CMAP = colormaps["Blues"].with_extremes(bad="lightgrey")  # grey: a class without examples
+
+
+def _figure(kind: str, **kwargs) -> Figure:
+    return Figure(figsize=SIZES[kind], dpi=DPI, layout="constrained", **kwargs)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": it would change the size
+    return path
+
+
+def _epoch_axis(ax, last: int) -> None:
+    """Whole epochs only, and a sensible range even for a trial pruned after one epoch."""
+    ax.set_xlim(0.5, max(int(last), 1) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.grid(alpha=0.3)
+
+
+def training_curves(epochs: pd.DataFrame, title: str, path: Path) -> Path:
+    """Loss (top) and accuracy (bottom) per task over the epochs of ONE trial; train dashed,
+    validation solid; the line is the mean over folds, the band their minimum and maximum."""
+    fig = _figure("curves")
+    axes = fig.subplots(2, len(TASK_PANELS), sharex=True)
+    folds = epochs.fold.nunique()
+    for column, (task, loss, accuracy, accuracy_title) in enumerate(TASK_PANELS):
+        for row, metric in enumerate((loss, accuracy)):
+            ax = axes[row, column]
+            for split, style in SPLIT_STYLE.items():
+                stats = (
+                    epochs[epochs.split == split]
+                    .groupby("epoch")[metric]
+                    .agg(["mean", "min", "max"])
+                )
+                if stats.empty:
+                    continue
+                ax.plot(stats.index, stats["mean"], marker="o", markersize=3, label=split, **style)
+                band = (stats.index, stats["min"], stats["max"])
+                ax.fill_between(*band, color=style["color"], alpha=0.2)
+            _epoch_axis(ax, epochs.epoch.max())
+        axes[0, column].set_title(f"{task} loss")
+        axes[1, column].set_title(accuracy_title)
+        axes[1, column].set_ylim(*ACCURACY_LIMITS)
+        axes[0, column].set_ylim(bottom=0)
+        axes[1, column].set_xlabel("epoch")
+    axes[0, 0].set_ylabel("loss (mean per patch)")
+    axes[1, 0].set_ylabel("accuracy (fraction)")
+    handles, labels = axes[1, 0].get_legend_handles_labels()
+    bands = f"band: min-max over {folds} folds" if folds > 1 else "one fold"
+    names = {"train": "training (running mean over the epoch)", "val": "validation (after it)"}
+    labels = [names.get(text, text) for text in labels]
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, title=bands)
+    fig.suptitle(f"{title}\nmean over {folds} folds per epoch")
+    return _save(fig, path)
+
+
+def task_weights(epochs: pd.DataFrame, labels: Mapping[str, str], title: str, path: Path) -> Path:
+    """The balancer's task weights per epoch, one panel per task, one line per trial (mean
+    over folds). Weights are logged once per epoch and repeated on both splits: use train."""
+    fig = _figure("weights")
+    axes = fig.subplots(1, len(WEIGHTS), sharey=True)
+    train = epochs[epochs.split == "train"]
+    for ax, (column, task) in zip(axes, WEIGHTS.items(), strict=True):
+        for i, (trial_id, label) in enumerate(labels.items()):
+            mean = train[train.trial_id == trial_id].groupby("epoch")[column].mean()
+            # Equal weights coincide; a line style per trial keeps every line in sight.
+            style = LINE_STYLES[i % len(LINE_STYLES)]
+            ax.plot(mean.index, mean.to_numpy(), style, marker="o", markersize=3, label=label)
+        ax.set_title(f"{task} weight")
+        ax.set_xlabel("epoch")
+        _epoch_axis(ax, train.epoch.max())
+    axes[0].set_ylabel("task weight (dimensionless)")
+    axes[0].set_ylim(bottom=0)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 3), fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def confusion_matrix(rows: pd.DataFrame, name: str, labels: tuple[str, ...]) -> np.ndarray:
+    """The matrix `cm_<name>_<true>_<pred>` summed over `rows` (rows true, columns predicted)."""
+    return np.array(
+        [[rows[f"cm_{name}_{t}_{p}"].sum() for p in labels] for t in labels], dtype=np.int64
+    )
+
+
+# Panels of the confusion figure: (matrix name, labels, level, what is counted).
+CONFUSION_PANELS = (
+    ("pattern", PATTERNS, "patch level", "patches"),
+    ("intensity", INTENSITIES, "patch level", "patches"),
+    ("patient_pattern", PATTERNS, "patient level, majority vote", "patients"),
+    ("patient_intensity", INTENSITIES, "patient level, majority vote", "patients"),
+)
+
+
+def confusion_matrices(rows: pd.DataFrame, title: str, path: Path) -> Path:
+    """Pattern and intensity confusion at patch and patient level, summed over `rows` (one
+    validation row per fold). Colour: the fraction of the true class (rows sum to 1), so
+    small classes stay visible; numbers: the counts."""
+    fig = _figure("confusion")
+    axes = fig.subplots(2, 2, gridspec_kw={"width_ratios": [len(PATTERNS), 3]})
+    image = None
+    for ax, (name, labels, level, unit) in zip(axes.flat, CONFUSION_PANELS, strict=True):
+        counts = confusion_matrix(rows, name, labels)
+        support = counts.sum(1, keepdims=True)
+        # A class without examples in these folds (golgi in fold A) has no fraction: grey.
+        fraction = np.divide(counts, support, out=np.full(counts.shape, np.nan), where=support > 0)
+        image = ax.imshow(fraction, cmap=CMAP, vmin=0, vmax=1)
+        for (t, p), count in np.ndenumerate(counts):
+            colour = "white" if fraction[t, p] > 0.5 else "black"
+            ax.text(p, t, str(count), ha="center", va="center", color=colour, fontsize=9)
+        ticks = range(len(labels))
+        ax.set_xticks(ticks, labels, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(ticks, labels)
+        task = name.removeprefix("patient_")
+        ax.set_xlabel(f"predicted {task}")
+        ax.set_ylabel(f"true {task}")
+        ax.set_title(f"{task}, {level}\n(counts: {unit}, {int(counts.sum())} in all)", fontsize=10)
+    fig.colorbar(
+        image, ax=axes, shrink=0.6, label="fraction of the true class (row); grey: no examples"
+    )
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+# Optuna's storages by file name in the results folder.
+def _sqlite(path: Path):
+    return f"sqlite:///{path}"
+
+
+def _journal(path: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+OPTUNA_STORAGES = {"optuna.db": _sqlite, "optuna.journal": _journal}
+
+
+def load_optuna_study(results: Path):
+    """The one Optuna study stored in the results folder, or None when there is none."""
+    found = [(results / name, open_) for name, open_ in OPTUNA_STORAGES.items()]
+    found = [(path, open_) for path, open_ in found if path.is_file()]
+    if not found:
+        return None
+    import optuna
+
+    path, open_ = found[0]
+    storage = open_(path)
+    names = optuna.get_all_study_names(storage)
+    if len(names) != 1:
+        raise ValueError(f"{path} holds {len(names)} Optuna studies ({names}); expected one")
+    return optuna.load_study(study_name=names[0], storage=storage)
+
+
+def optuna_figures(study, out: Path) -> tuple[list[Path], list[str]]:
+    """History, parameter importances and parallel coordinates of an Optuna study; returns
+    the PNGs written and a note for every figure that could not be drawn."""
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as vis
+
+    if len(study.directions) != 1:
+        return [], ["the Optuna study has several objectives: no figures drawn"]
+    objective = (study.metric_names or ["cv_score"])[0]  # what study.run optimises
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    params = {name for t in complete for name in t.params}
+    # name -> (plot function, the least number of completed trials, title, x label, y label)
+    figures = {
+        "optuna_history": (vis.plot_optimization_history, 1, "optimisation history",
+                           "trial number", f"{objective} (fraction)"),
+        "optuna_importances": (vis.plot_param_importances, 2, "parameter importances (fANOVA)",
+                               f"importance for {objective} (fraction, sums to 1)", "parameter"),
+        "optuna_parallel": (vis.plot_parallel_coordinate, 1, "parallel coordinates",
+                            "parameter", f"{objective} (fraction)"),
+    }  # fmt: skip
+    paths, notes = [], []
+    for name, (plot, least, title, xlabel, ylabel) in figures.items():
+        if len(complete) < least or not params:
+            notes.append(
+                f"{title}: needs {least} completed trials with parameters, "
+                f"the study has {len(complete)}"
+            )
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental" warnings on every call
+                ax = plot(study)
+        except (ValueError, RuntimeError) as error:  # e.g. a parameter that never varied
+            notes.append(f"{title}: not drawn ({error})")
+            continue
+        fig = ax.figure
+        fig.set_size_inches(*SIZES["optuna"])
+        _relabel_optuna(fig, ax, {"Objective Value": objective, "Best Value": "best so far"})
+        ax.set_title(f"Optuna study {study.study_name}: {title}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        fig.tight_layout()
+        paths.append(_save(fig, out / f"{name}.png"))
+        plt.close(fig)
+    return paths, notes
+
+
+def _relabel_optuna(fig, ax, names: Mapping[str, str]) -> None:
+    """Optuna's figures say "Objective Value" (legends, colour bars, axis ticks) and put a
+    second title on the left, which overlaps ours: name the objective, drop the title."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        if text.get_text() in names:
+            text.set_text(names[text.get_text()])
+    ticks = [t.get_text() for t in ax.get_xticklabels()]  # set by a formatter, not Text yet
+    if any(t in names for t in ticks):
+        ax.set_xticks(ax.get_xticks(), [names.get(t, t) for t in ticks])
+    for loc in ("left", "right"):
+        ax.set_title("", loc=loc)
+    if ax.get_legend() is not None and len(ax.get_legend().get_texts()) < 2:
+        ax.get_legend().remove()  # one entry (importances): the axis label says it
+    if ax.get_xlabel() == "Trial":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers are integers
+    for collection in ax.collections:
+        # Parallel coordinates colour lines with Blues: the worst trials were white on grey.
+        if collection.get_array() is not None:
+            collection.set_cmap("viridis")

@@ -1,0 +1,88 @@
+"""ASHA decides on the fold-mean score, and Optuna hears of stopped trials as PRUNED.
+
+A scripted stand-in for FoldTrainer makes the folds deliberately unequal: fold E is much
+harder than the others. The best configuration's fold E is worse than weaker
+configurations' easy folds, so a scheduler that compared single folds would stop it.
+"""
+
+import sys
+
+import optuna
+import pandas as pd
+import ray.cloudpickle
+import torch
+
+from mtl.metrics import EpochMetrics, SplitMetrics
+from study.presets import StudyConfig, smoke
+from study.run import prepare_data, run_study
+from study.search import LogUniform
+
+HARDNESS = {"A": 0.0, "B": 0.0, "C": 0.0, "D": 0.0, "E": 0.6}
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
+
+
+def fold_score(alpha: float, fold: str, epoch: int) -> float:
+    return alpha - HARDNESS[fold] + 0.01 * epoch
+
+
+class ScriptedTrainer:
+    """FoldTrainer's interface; every validation accuracy equals fold_score."""
+
+    def __init__(self, config, fold):
+        self.config, self.fold, self.epoch = config, fold, 0
+
+    def run_epoch(self, progress=None) -> EpochMetrics:
+        self.epoch += 1
+        s = fold_score(self.config.alpha, self.fold, self.epoch)
+        cm = tuple(tuple(0 for _ in range(7)) for _ in range(7))
+        split = SplitMetrics(
+            patches=1, loss=1 - s, loss_seg=0.0, loss_pattern=0.0, loss_intensity=0.0,
+            pixel_acc=s, dice=s, iou=s, pattern_acc=s, pattern_mca=s, intensity_acc=s,
+            pattern_confusion=cm, intensity_confusion=((0, 0), (0, 0)),
+        )  # fmt: skip
+        return EpochMetrics(epoch=self.epoch, train=split, val=split, weights=(1.0, 1.0, 1.0),
+                            seconds=0.0)  # fmt: skip
+
+    def state_dict(self) -> dict:
+        return {"epoch": torch.tensor(self.epoch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+
+
+def test_asha_uses_the_fold_mean_and_optuna_records_pruned_trials(ray_local, tmp_path):
+    study = StudyConfig(
+        name="asha",
+        train=smoke().train.replace(epochs=4, balancer="gradnorm"),
+        space={"alpha": LogUniform(0.05, 1.0)},
+        num_samples=10,
+        scheduler="asha",
+        grace_period=1,
+        reduction_factor=2,
+        max_concurrent=1,  # one at a time: ASHA's rungs fill in a fixed order
+        synthetic=smoke().synthetic,
+    )
+    study = prepare_data(study, tmp_path)
+    _, trials = run_study(study, tmp_path, trainer=ScriptedTrainer)
+
+    best = trials.loc[trials.alpha.idxmax()]
+    assert best.status == "completed" and best.epochs_run == 4
+    pruned = trials[trials.status == "pruned"]
+    assert len(pruned) >= 2
+    # A per-fold scheduler would have compared the best configuration's hardest fold with
+    # the easy folds of weaker ones, and lost:
+    assert fold_score(best.alpha, "E", 1) < max(fold_score(a, "A", 1) for a in pruned.alpha)
+    # ... the fold-mean never stopped it, and every pruned trial is worse on that mean.
+    assert (pruned.best_cv_score < best.best_cv_score).all()
+
+    storage = f"sqlite:///{tmp_path / 'asha' / 'optuna.db'}"
+    states = {
+        t.params["alpha"]: t.state
+        for t in optuna.load_study(study_name="asha", storage=storage).trials
+    }
+    assert len(states) == len(trials)
+    for trial in trials.itertuples():
+        expected = {"completed": "COMPLETE", "pruned": "PRUNED"}[trial.status]
+        assert states[trial.alpha].name == expected
+    pruned_values = pd.Series([s.name for s in states.values()]).value_counts()
+    assert pruned_values.get("PRUNED", 0) == len(pruned)
