@@ -54,7 +54,13 @@ class StudyConfig:
     cpus_per_fold: float = 1.0
     cpus_per_trial: float = 1.0
     fold_resources: Mapping[str, float] = field(default_factory=dict)  # custom resources
+    # How a trial's fold workers are placed: PACK fills one node first (GPU locality),
+    # SPREAD puts them on different nodes where it can (a lost node costs fewer folds).
+    fold_strategy: Literal["PACK", "SPREAD"] = "PACK"
     max_failures: int = 2  # retries of a failed trial from its last checkpoint
+    # Finished trials whose last checkpoint (every fold's final weights, for study.export) is
+    # kept, best cross-validated score first; 0 keeps every trial's.
+    keep_checkpoints: int = 1
     seed: int = 0  # the Optuna sampler's
 
     def __post_init__(self) -> None:
@@ -77,8 +83,8 @@ class StudyConfig:
             raise ValueError(f"reduction_factor must be > 1, got {self.reduction_factor}")
         if self.gpus_per_fold is not None and self.gpus_per_fold < 0:
             raise ValueError(f"gpus_per_fold must be >= 0, got {self.gpus_per_fold}")
-        if self.max_concurrent < 0 or self.max_failures < 0:
-            raise ValueError("max_concurrent and max_failures must be >= 0")
+        if self.max_concurrent < 0 or self.max_failures < 0 or self.keep_checkpoints < 0:
+            raise ValueError("max_concurrent, max_failures and keep_checkpoints must be >= 0")
         if not self.train.data and self.synthetic is None:
             raise ValueError("the study needs data: set train.data (--data) or synthetic")
         for config in self.train_configs():  # every configuration must be a valid TrainConfig
@@ -136,7 +142,7 @@ def demo() -> StudyConfig:
         scheduler="asha",
         grace_period=2,
         max_concurrent=2,
-        synthetic=SynthSpec(patients=48, size=64, specimens=1, seed=0),
+        synthetic=SynthSpec(patients=40, size=64, specimens=1, seed=0),
     )
 
 

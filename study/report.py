@@ -370,13 +370,18 @@ def rich_table(table: ReportTable) -> Table:
         pad_edge=False,  # without these, rich wraps "0.812 ± 0.031" in an 80-column terminal
         collapse_padding=True,
     )
-    # The row labels (configurations) wrap; short cells (numbers, ids, statuses) never do,
-    # and free text (errors) folds.
-    rich.add_column(escape(table.cells.index.name or ""), overflow="fold")
+    # Headers and row labels (configurations) may wrap, at word boundaries; short cells
+    # (numbers, ids, statuses) never do: every column is at least as wide as its widest
+    # cell. Free text (errors) folds.
+    labels = [str(label) for label in table.cells.index]
+    longest_word = max((len(w) for label in labels for w in label.split()), default=0)
+    rich.add_column(escape(table.cells.index.name or ""), min_width=min(longest_word, 30))
     for column in table.cells.columns:
         justify = "left" if column in table.text_columns else "right"
-        wrap = column == "error"
-        rich.add_column(escape(str(column)), justify=justify, no_wrap=not wrap, overflow="fold")
+        widest = (
+            0 if column == "error" else max((len(str(v)) for v in table.cells[column]), default=0)
+        )
+        rich.add_column(escape(str(column)), justify=justify, min_width=widest, overflow="fold")
     for i, (label, row) in enumerate(table.cells.iterrows()):
         texts = [escape(str(v)) for v in row]
         if table.bold is not None:

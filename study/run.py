@@ -196,7 +196,9 @@ def fold_placement(study: StudyConfig) -> tuple[object, dict | None, int]:
     bundle = {"CPU": study.cpus_per_fold, "GPU": gpus, **study.fold_resources}
     folds = fold_names(study.train.num_folds)
     # An empty head bundle: the trial itself only coordinates; bundle i is fold i's.
-    resources = tune.PlacementGroupFactory([{}] + [bundle] * len(folds))
+    resources = tune.PlacementGroupFactory(
+        [{}] + [bundle] * len(folds), strategy=study.fold_strategy
+    )
     options = {"num_cpus": study.cpus_per_fold, "num_gpus": gpus}
     if study.fold_resources:
         options["resources"] = dict(study.fold_resources)
@@ -310,7 +312,39 @@ def run_study(
     experiment = f"{storage.rstrip('/')}/{study.name}" if storage else str(folder)
     (folder / "run.json").write_text(json.dumps({"experiment": f"{experiment}/tune"}) + "\n")
     build_tuner(study, folder, experiment, resume=resume, verbose=verbose, trainer=trainer).fit()
-    return pd.read_parquet(folder / "epochs.parquet"), pd.read_parquet(folder / "trials.parquet")
+    epochs, trials = (pd.read_parquet(folder / f"{t}.parquet") for t in ("epochs", "trials"))
+    drop_checkpoints(f"{experiment}/tune", trials, study.keep_checkpoints)
+    return epochs, trials
+
+
+def drop_checkpoints(experiment: str, trials: pd.DataFrame, keep: int) -> list[str]:
+    """Delete the checkpoints of finished trials beyond the `keep` best (0: keep all);
+    completed trials rank before pruned and errored ones, then by cross-validated score.
+
+    Unfinished trials keep theirs: a later --resume continues from them.
+    """
+    from pyarrow import fs
+
+    if keep == 0:
+        return []
+    finished = trials[trials.status.isin(["completed", "pruned", "errored"])]
+    ranked = finished.assign(rank=finished.status.ne("completed")).sort_values(
+        ["rank", "cv_score"], ascending=[True, False]
+    )
+    if is_uri(experiment):
+        filesystem, root = fs.FileSystem.from_uri(experiment)
+    else:
+        filesystem, root = fs.LocalFileSystem(), experiment
+    trial_folders = filesystem.get_file_info(fs.FileSelector(root))
+    dropped = []
+    for trial_id in ranked.trial_id.iloc[keep:]:
+        for folder in trial_folders:
+            if folder.type == fs.FileType.Directory and f"_{trial_id}_" in folder.base_name:
+                for item in filesystem.get_file_info(fs.FileSelector(folder.path)):
+                    if item.base_name.startswith("checkpoint_"):
+                        filesystem.delete_dir(item.path)
+                        dropped.append(item.path)
+    return dropped
 
 
 def main(argv: list[str] | None = None) -> int:

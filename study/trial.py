@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import ray
+import segmentation_models_pytorch as smp
 import torch
 from ray import tune
 from ray.util.placement_group import get_current_placement_group
@@ -31,6 +32,7 @@ from study.storage import fetch_store, store_cache
 # Test hook: "FOLD:EPOCH:MARKER" makes fold FOLD's worker die at EPOCH, once (the MARKER file
 # records that it did), to exercise retries from checkpoints.
 CRASH_ENV = "HEP2_STUDY_CRASH"
+VERSIONS = {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}
 
 
 class FoldWorker:
@@ -152,5 +154,6 @@ def run_trial(
         with tempfile.TemporaryDirectory() as folder:
             for fold, state in zip(folds, states, strict=True):
                 (Path(folder) / f"fold-{fold}.pt").write_bytes(state)
-            (Path(folder) / "trial.json").write_text(json.dumps({"epoch": epoch}))
+            meta = {"epoch": epoch, "store_hash": store_hash, "versions": VERSIONS}
+            (Path(folder) / "trial.json").write_text(json.dumps(meta))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -27,3 +27,44 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    """start(*workers): a Ray cluster on this machine, a head with 0 CPUs (as on a real
+    cluster) and one node per dict of `ray start` arguments; the driver joins it by its
+    explicit address, never "auto". Stopped at the end of the module, after which the
+    session's local Ray (ray_local) is back as conftest starts it.
+
+    Ray turns a loopback address into this machine's IP before connecting, so the nodes
+    keep their default IP.
+    """
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    session_ray = ray.is_initialized()
+    clusters = []
+
+    def start(*workers: dict) -> Cluster:
+        if ray.is_initialized():
+            ray.shutdown()
+        with pytest.MonkeyPatch.context() as patch:
+            # Cluster records its address for `ray.init("auto")`; keep other processes on
+            # this machine from finding (and joining) the test's cluster.
+            patch.setattr(ray._private.utils, "write_ray_address", lambda *a, **k: None)
+            cluster = Cluster(
+                initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
+            )
+        clusters.append(cluster)
+        for args in workers:
+            cluster.add_node(**args)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
+        return cluster
+
+    yield start
+    ray.shutdown()
+    for cluster in clusters:
+        cluster.shutdown()
+    if session_ray:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)

@@ -1,6 +1,10 @@
 """The smoke study end to end on a local Ray: both Parquet files, with every row."""
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pandas as pd
 
@@ -30,11 +34,48 @@ def test_smoke_study_writes_both_tables(ray_local, tmp_path, capsys):
         assert trial.cv_pattern_acc == mine.pattern_acc.mean()
         assert trial.cv_folds == 5
 
+    # The same columns as python -m mtl.train writes, plus the node that trained each fold.
+    assert list(epochs.columns[:4]) == ["trial_id", "fold", "epoch", "split"]
+    assert epochs.node.notna().all()
+    # Only the best trial keeps its checkpoint (every fold's final state) for study.export.
+    best = trials.loc[trials.cv_score.idxmax()].trial_id
+    kept = sorted(p.parent.name for p in out.glob("tune/*/checkpoint_*"))
+    assert len(kept) == 1 and f"_{best}_" in kept[0]
+    assert (out / "report.md").exists() and list(out.glob("curves_*.png"))
+
     printed = capsys.readouterr().out
     assert "pattern acc" in printed and "best configuration" in printed
 
 
-def test_bad_override_fails_before_ray_starts(tmp_path, capsys):
-    assert main(["--preset", "smoke", "--results", str(tmp_path), "--set", "alpha_x=1"]) == 2
-    assert "alpha_x: no such field" in capsys.readouterr().out
-    assert not any(tmp_path.iterdir())
+def test_a_finished_study_is_not_rerun_and_another_configuration_is_refused(
+    ray_local, tmp_path, capsys
+):
+    argv = ["--preset", "smoke", "--results", str(tmp_path), "--set", "epochs=1"]
+    assert main(argv) == 0
+    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    assert main(argv) == 0  # the same study again: resumed, nothing to do
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "smoke" / "trials.parquet"), trials)
+    capsys.readouterr()
+    assert main(["--preset", "smoke", "--results", str(tmp_path), "--set", "epochs=2"]) == 2
+    assert "another configuration (train differ)" in capsys.readouterr().out
+
+
+def test_a_cluster_needs_shared_storage_and_an_unreachable_one_is_a_quick_error(tmp_path):
+    # In a subprocess: this test process already has a local Ray, which main() would use.
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        argv = ["--preset", "smoke", "--results", str(tmp_path), "--address", "127.0.0.1:9"]
+        return subprocess.run(
+            [sys.executable, "-m", "study.run", *argv, *extra],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+            timeout=120,
+        )
+
+    refused = run()  # a head-local folder is refused on a cluster, naming what to use
+    assert refused.returncode == 2 and "--storage s3://BUCKET/PREFIX" in refused.stdout
+    start = time.monotonic()
+    unreachable = run("--storage", str(tmp_path / "shared"), "--storage-shared")
+    assert unreachable.returncode == 2
+    assert "no Ray cluster at 127.0.0.1:9" in unreachable.stdout
+    assert time.monotonic() - start < 60  # seconds, not Ray's minutes of retrying

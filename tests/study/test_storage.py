@@ -167,36 +167,9 @@ def test_failure_lines_name_only_the_failing_nodes():
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A head with 0 CPUs (as on the real cluster) and two 1-CPU workers, on this machine.
-
-    The driver connects by the cluster's explicit address, never "auto". Ray turns a loopback
-    address into this machine's IP before connecting, so the nodes keep their default IP.
-    """
-    ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    session_ray = ray.is_initialized()  # the session's local Ray (conftest's ray_local)
-    if session_ray:
-        ray.shutdown()
-    with pytest.MonkeyPatch.context() as patch:
-        # Cluster records its address for `ray.init("auto")`; keep other processes on this
-        # machine from finding (and joining) the test's cluster.
-        patch.setattr(ray._private.utils, "write_ray_address", lambda *args, **kwargs: None)
-        cluster = Cluster(
-            initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
-        )
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if session_ray:  # give later tests the local Ray they had, as conftest starts it
-            ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+def cluster(local_cluster):
+    """Two 1-CPU workers beside the 0-CPU head."""
+    return local_cluster({"num_cpus": 1}, {"num_cpus": 1})
 
 
 def _node_ids(ray):

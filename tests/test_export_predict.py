@@ -1,0 +1,161 @@
+"""From a study to diagnosis: export the best trial, predict new specimens with it."""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mtl.config import TrainConfig
+from mtl.data import PatchGrid, SynthSpec
+from mtl.data.synthetic import generate
+from mtl.model import MultiTaskUNet
+from mtl.predict import Ensemble, stitch, window_offsets
+from mtl.predict import main as predict_main
+from study.export import main as export_main
+from study.export import trial_checkpoint
+from study.presets import StudyConfig
+from study.run import prepare_data, run_study
+
+
+@pytest.mark.parametrize(("height", "width"), [(174, 232), (100, 64), (64, 64), (130, 200)])
+def test_overlap_averaging_of_a_constant_model_leaves_no_seams(height, width):
+    grid = PatchGrid().scaled_to(64)
+    offsets = window_offsets(height, width, 64, grid)
+    covered = np.zeros((height, width), bool)
+    for top, left in offsets:
+        covered[top : top + 64, left : left + 64] = True
+    assert covered.all()
+    constant = np.full((len(offsets), 64, 64), 0.3, np.float32)
+    np.testing.assert_allclose(stitch(constant, offsets, height, width), 0.3, rtol=1e-6)
+
+
+def test_the_i3a_specimen_size_uses_the_original_grid():
+    offsets = window_offsets(1040, 1388, 384, PatchGrid())
+    assert offsets == [PatchGrid().offset(k) for k in range(15)]
+    with pytest.raises(ValueError, match="smaller than one 384x384 patch"):
+        window_offsets(300, 1388, 384, PatchGrid())
+
+
+def _specimens(folder: Path, patients: int, seed: int, specimens: int = 1):
+    """Synthetic specimen TIFFs in the I3A naming, with their true masks and labels."""
+    spec = SynthSpec(patients=patients, size=64, specimens=specimens, seed=seed)
+    grid = spec.grid
+    truth = {}
+    rows = list(generate(spec))
+    for start in range(0, len(rows), len(grid)):
+        record = rows[start][0]
+        image = np.zeros((grid.height, grid.width), np.uint8)
+        mask = np.zeros_like(image)
+        for k in range(len(grid)):  # reassemble the specimen from its 15 patches
+            top, left = grid.offset(k)
+            _, patch, patch_mask = rows[start + k]
+            image[top : top + 64, left : left + 64] = patch
+            mask[top : top + 64, left : left + 64] = patch_mask
+        name = f"{record['patient']:05d}_p{record['specimen']}.tif"
+        cv2.imwrite(str(folder / name), image)
+        truth[name] = (mask, record["pattern"], record["intensity"])
+    return truth
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, ray_local):
+    """A short study (2 folds, a small encoder) and its best trial exported."""
+    results = tmp_path_factory.mktemp("results")
+    train = TrainConfig(
+        encoder="tu-resnet10t", decoder_channels=(64, 32, 16, 8, 8), head="pool",
+        head_hidden=64, image_size=64, epochs=8, batch_size=16, lr=1e-3,
+        lr_schedule="cosine", augment="basic", device="cpu", num_folds=2,
+    )  # fmt: skip
+    study = StudyConfig(
+        name="short", train=train, synthetic=SynthSpec(patients=60, size=64, specimens=2),
+        cpus_per_trial=2,
+    )  # fmt: skip
+    study = prepare_data(study, results)
+    run_study(study, results)
+    model = results / "model"
+    assert export_main([str(results / "short"), "--out", str(model)]) == 0
+    return results / "short", model
+
+
+def test_an_exported_model_predicts_new_specimens_well(exported, tmp_path):
+    _, model = exported
+    images = tmp_path / "images"
+    images.mkdir()
+    # Patients drawn with another seed: new specimens, rendered with other random numbers.
+    truth = _specimens(images, patients=30, seed=7)
+    out = tmp_path / "out"
+    files = sorted(str(p) for p in images.iterdir())
+    assert predict_main([str(model), *files, "--out", str(out)]) == 0
+    predictions = pd.read_csv(out / "predictions.csv").set_index("file")
+    ious, right, intensity_right = [], [], []
+    for name, (mask, pattern, intensity) in truth.items():
+        predicted = cv2.imread(str(out / f"{Path(name).stem}_mask.png"), cv2.IMREAD_GRAYSCALE) > 0
+        ious.append((predicted & (mask > 0)).sum() / (predicted | (mask > 0)).sum())
+        right.append(predictions.loc[name, "pattern"] == pattern)
+        intensity_right.append(predictions.loc[name, "intensity"] == intensity)
+        assert (out / f"{Path(name).stem}_overlay.png").exists()
+    assert np.mean(ious) > 0.8, f"mask IoU {np.mean(ious):.3f}"
+    assert np.mean(right) > 0.8, f"specimen pattern accuracy {np.mean(right):.3f}"
+    patients = pd.read_csv(out / "patients.csv")
+    assert len(patients) == 30 and set(predictions.patient) == set(patients.patient)
+    print(
+        f"IoU {np.mean(ious):.3f}, specimen pattern accuracy {np.mean(right):.3f}, "
+        f"intensity accuracy {np.mean(intensity_right):.3f}"
+    )
+
+
+def test_export_round_trips_the_fold_models(exported):
+    study, model = exported
+    meta = json.loads((model / "model.json").read_text())
+    assert meta["folds"] == ["A", "B"] and meta["classes"]["pattern"][0] == "homogeneous"
+    assert {"torch", "segmentation_models_pytorch"} <= set(meta["versions"])
+    assert len(meta["store_hash"]) == 32 and meta["cv"]["cv_score"] > 0.5
+    ensemble = Ensemble(model, device="cpu")
+    store_path = json.loads((study / "study.json").read_text())["train"]["data"]
+    from mtl.data import open_store
+
+    patch = np.array(open_store(store_path).images[:4])
+    masks, patterns, intensities = ensemble.predict_patches(patch)
+    # The same probabilities from the fold models inside the study's checkpoint.
+    checkpoint = trial_checkpoint(study, meta["trial_id"])
+    outputs = []
+    for fold in meta["folds"]:
+        net = MultiTaskUNet.from_config(ensemble.config)
+        state = torch.load(checkpoint / f"fold-{fold}.pt", weights_only=True)["model"]
+        net.load_state_dict(state)
+        with torch.inference_mode():
+            outputs.append(net.eval()(torch.from_numpy(patch).unsqueeze(1)))
+    expected = torch.stack([o.pattern.softmax(1) for o in outputs]).mean(0).numpy()
+    np.testing.assert_allclose(patterns, expected, atol=1e-6)
+    expected_mask = torch.stack([o.mask.sigmoid() for o in outputs]).mean(0)[:, 0].numpy()
+    np.testing.assert_allclose(masks, expected_mask, atol=1e-6)
+
+
+def test_bad_inputs_are_named_and_the_rest_still_predicted(exported, tmp_path, capsys):
+    _, model = exported
+    images = tmp_path / "images"
+    images.mkdir()
+    _specimens(images, patients=2, seed=3)
+    (images / "broken.tif").write_bytes(b"not a tiff")
+    cv2.imwrite(str(images / "tiny.png"), np.zeros((20, 20), np.uint8))
+    out = tmp_path / "out"
+    files = sorted(str(p) for p in images.iterdir())
+    assert predict_main([str(model), *files, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "broken.tif" in err and "tiny.png" in err and "smaller than one 64x64 patch" in err
+    assert len(pd.read_csv(out / "predictions.csv")) == 2
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for f in model.iterdir():
+        (damaged / f.name).write_bytes(f.read_bytes())
+    (damaged / "fold-B.pt").unlink()
+    assert predict_main([str(damaged), files[0], "--out", str(tmp_path / "o2")]) == 2
+    assert "fold-B.pt: missing" in capsys.readouterr().err
+    torch.save({"wrong": torch.zeros(1)}, damaged / "fold-B.pt")
+    assert predict_main([str(damaged), files[0], "--out", str(tmp_path / "o3")]) == 2
+    assert "fold-B.pt: does not fit" in capsys.readouterr().err
