@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from common import random_batch  # bench/common.py, beside this script
 from rich.console import Console
 from rich.table import Table
 
@@ -38,15 +39,7 @@ def measure(config: TrainConfig, device: torch.device, steps: int, batch: int) -
     torch.manual_seed(0)
     model = MultiTaskUNet.from_config(config).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    size = config.image_size
-    data = {
-        "image": torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, generator=g),
-        "mask": torch.randint(0, 2, (batch, 1, size, size), dtype=torch.uint8, generator=g),
-        "pattern": torch.randint(0, 7, (batch,), generator=g),
-        "intensity": torch.randint(0, 2, (batch,), generator=g).float(),
-    }
-    data = {k: v.to(device) for k, v in data.items()}
+    data = random_batch(batch, config.image_size, device)
     balancers = {
         name: build_balancer(name, model.shared_parameters(), alpha=0.12).to(device)
         for name in BALANCERS

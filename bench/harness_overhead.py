@@ -71,18 +71,19 @@ def main(argv: list[str] | None = None) -> dict:
         # The bare side: the same model and optimizer state, batches materialised up front.
         model = copy.deepcopy(trainer.model)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        trainer.train_loader.batch_sampler.set_epoch(1)
-        train_batches, val_batches = list(trainer.train_loader), list(trainer.val_loader)
+        val_batches = list(trainer.val_loader)
 
         engine, bare = [], []
-        for epoch in range(args.epochs + 1):  # the first epoch of each side warms up
+        for epoch in range(1, args.epochs + 2):  # the first epoch of each side warms up
+            # The bare loop gets this epoch's batches, in the engine's order, in memory.
+            trainer.train_loader.batch_sampler.set_epoch(epoch)
+            train_batches = list(trainer.train_loader)
             start = time.perf_counter()
             trainer.run_epoch()
             engine.append(time.perf_counter() - start)
             start = time.perf_counter()
             bare_epoch(model, optimizer, train_batches, val_batches, config.seg_loss)
             bare.append(time.perf_counter() - start)
-            del epoch
 
     engine_s, bare_s = statistics.median(engine[1:]), statistics.median(bare[1:])
     results = {

@@ -57,6 +57,16 @@ class Balancer(nn.Module):
     def end_epoch(self, mean_task_losses: Sequence[float]) -> None:
         del mean_task_losses
 
+    # A balancer with learned weights has its own `optimizer`, whose state belongs to the
+    # balancer's state_dict (and so to every checkpoint).
+    def get_extra_state(self) -> dict:
+        optimizer = getattr(self, "optimizer", None)
+        return {"optimizer": optimizer.state_dict()} if optimizer is not None else {}
+
+    def set_extra_state(self, state: dict) -> None:
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
 
 class EqualWeights(Balancer):
     """Constant weights 1: the plain sum of the task losses (the original baseline)."""
@@ -164,13 +174,6 @@ class GradNorm(Balancer):
             clamped = self.task_weights.clamp(min=self.floor)
             self.task_weights.copy_(clamped * self.num_tasks / clamped.sum())
 
-    # The weights' optimizer state belongs to the balancer's state_dict.
-    def get_extra_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-
 
 class UncertaintyWeights(Balancer):
     """Kendall, Gal and Cipolla 2018 (arXiv:1705.07115): learned homoscedastic uncertainty.
@@ -203,12 +206,6 @@ class UncertaintyWeights(Balancer):
         self.log_variances.grad = 1 - weights * values
         self.optimizer.step()
         return total.detach()
-
-    def get_extra_state(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class DynamicWeightAverage(Balancer):

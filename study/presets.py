@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mtl.config import TrainConfig, original, parse_overrides, tiny
+from mtl.config import TrainConfig, original, parse_overrides, small, tiny
 from mtl.data import SynthSpec
 from mtl.metrics import SplitMetrics
 from study.search import Choice, Domain, IntRange, LogUniform, domain_values
@@ -116,20 +116,8 @@ class StudyConfig:
 
 def demo() -> StudyConfig:
     """A short Optuna + ASHA search on synthetic 64 px data: minutes on a 2-core laptop."""
-    train = TrainConfig(
-        encoder="tu-resnet10t",
-        decoder_channels=(64, 32, 16, 8, 8),
-        head="pool",
-        head_hidden=64,
-        image_size=64,
-        epochs=5,
-        batch_size=16,
-        # Every trial trains 5 epochs, so a cosine schedule keeps ASHA's rungs comparable,
-        # and it makes the last epoch's numbers steady.
-        lr=1e-3,
-        lr_schedule="cosine",
-        augment="basic",
-    )
+    # Every trial trains 5 epochs, so the cosine schedule keeps ASHA's rungs comparable.
+    train = small().replace(epochs=5)
     return StudyConfig(
         name="demo",
         train=train,

@@ -20,7 +20,6 @@ import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,9 +30,6 @@ from rich.table import Table
 
 from mtl.config import TrainConfig
 from study import plots
-
-if TYPE_CHECKING:  # study.presets and study.results import torch: seconds at start-up
-    from study.presets import StudyConfig
 
 LEVELS = {
     "patch": "patch level",
@@ -609,60 +605,6 @@ def write_report(
         console.print(f"note: {escape(note)}")
     console.print(f"report: {report}")
     return written
-
-
-# ---- The short comparison study.run prints after a study. ----
-
-METRIC_TITLES = {
-    "pixel_acc": "pixel acc",
-    "pattern_acc": "pattern acc",
-    "intensity_acc": "intensity acc",
-}
-
-
-def _varying(study: StudyConfig) -> list[str]:
-    return list(getattr(study, "varying", None) or getattr(study, "grid", ()))
-
-
-def comparison_table(trials: pd.DataFrame, study: StudyConfig) -> pd.DataFrame:
-    """One row per trial, best cross-validated score first."""
-    table = trials.copy()
-    keys = _varying(study)
-    table.insert(0, "configuration", [configuration_label(r, keys) for _, r in trials.iterrows()])
-    if "cv_score" not in table:
-        table["cv_score"] = float("nan")
-    return table.sort_values("cv_score", ascending=False, na_position="last", ignore_index=True)
-
-
-def print_comparison(console: Console, table: pd.DataFrame, study: StudyConfig) -> None:
-    folds = int(table.cv_folds.max()) if "cv_folds" in table and table.cv_folds.notna().any() else 0
-    view = Table(
-        title=f"{study.name}: validation at the last epoch, mean ± std over {folds} folds",
-        box=box.SIMPLE_HEAD,
-    )
-    keys = [k for k in _varying(study) if k in table] or ["configuration"]
-    for key in keys:
-        view.add_column(key)
-    for metric in SCORE_METRICS:
-        view.add_column(METRIC_TITLES[metric], justify="right")
-    view.add_column("score", justify="right")
-    view.add_column("status")
-    best = {m: table[f"cv_{m}"].max() for m in SCORE_METRICS if f"cv_{m}" in table}
-    for _, row in table.iterrows():
-        cells = [str(row[key]) for key in keys]
-        for metric in SCORE_METRICS:
-            mean, std = row.get(f"cv_{metric}"), row.get(f"cv_{metric}_std")
-            text = "-" if pd.isna(mean) else f"{mean:.3f} ± {0.0 if pd.isna(std) else std:.3f}"
-            cells.append(f"[bold green]{text}[/]" if mean == best.get(metric) else text)
-        cells.append("-" if pd.isna(row.cv_score) else f"{row.cv_score:.3f}")
-        view.add_row(*cells, row.status)
-    console.print(view)
-    if not table.empty and not pd.isna(table.cv_score.iloc[0]):
-        best_row = table.iloc[0]
-        console.print(
-            f"best configuration: [bold]{best_row.configuration}[/] "
-            f"(score {best_row.cv_score:.3f} = mean of the three accuracies)"
-        )
 
 
 # ---- Command line. ----

@@ -171,6 +171,8 @@ def study_tables(
             "epochs_run": epochs_run,
             "error": r.error,
         }
+        if "timestamp" in reports and len(reports):  # when it first reported (unix seconds)
+            row["first_report"] = float(reports.timestamp.min())
         if "cv_score" in reports and reports.cv_score.notna().any():
             best = reports.loc[reports.cv_score.idxmax()]
             row["best_epoch"] = int(best.epoch)

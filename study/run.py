@@ -328,6 +328,8 @@ def drop_checkpoints(experiment: str, trials: pd.DataFrame, keep: int) -> list[s
     if keep == 0:
         return []
     finished = trials[trials.status.isin(["completed", "pruned", "errored"])]
+    if "cv_score" not in finished:  # no trial ever reported
+        finished = finished.assign(cv_score=float("nan"))
     ranked = finished.assign(rank=finished.status.ne("completed")).sort_values(
         ["rank", "cv_score"], ascending=[True, False]
     )

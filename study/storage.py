@@ -65,6 +65,8 @@ def check_storage(storage_path: str, *, multi_node: bool, shared: bool = False) 
 
 def read_store_hash(location: str) -> str:
     """The content hash recorded in the store.json of a store at a local path or a URI."""
+    if not is_uri(location):  # "~/data/store" is each node's own home folder
+        location = str(Path(location).expanduser())
     meta_path = f"{location.rstrip('/')}/store.json"
     try:
         if is_uri(location):
@@ -100,7 +102,7 @@ def fetch_store(uri: str, cache_dir: str | os.PathLike) -> Path:
     store.json no longer matches is removed and fetched again.
     """
     if not is_uri(uri):
-        return Path(uri)
+        return Path(uri).expanduser()
     from pyarrow import fs as pafs
 
     expected = read_store_hash(uri)

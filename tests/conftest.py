@@ -45,16 +45,15 @@ def local_cluster():
     session_ray = ray.is_initialized()
     clusters = []
 
-    def start(*workers: dict) -> Cluster:
+    def start(*workers: dict, head: dict | None = None) -> Cluster:
         if ray.is_initialized():
             ray.shutdown()
         with pytest.MonkeyPatch.context() as patch:
             # Cluster records its address for `ray.init("auto")`; keep other processes on
             # this machine from finding (and joining) the test's cluster.
             patch.setattr(ray._private.utils, "write_ray_address", lambda *a, **k: None)
-            cluster = Cluster(
-                initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False}
-            )
+            head_args = {"num_cpus": 0, "include_dashboard": False, **(head or {})}
+            cluster = Cluster(initialize_head=True, head_node_args=head_args)
         clusters.append(cluster)
         for args in workers:
             cluster.add_node(**args)

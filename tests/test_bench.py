@@ -1,7 +1,9 @@
-"""The bench scripts keep working: each runs at tiny sizes and its JSON has every field."""
+"""The bench scripts keep working: each runs at tiny sizes and its JSON has every field.
+
+Each runs as its own process, as a user runs it (some start their own Ray)."""
 
 import json
-import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,11 +15,16 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture
-def run_bench(monkeypatch, tmp_path):
+def run_bench(tmp_path):
     def run(script: str, *args: str) -> dict:
         out = tmp_path / "out.json"
-        monkeypatch.setattr(sys, "argv", [script, *args, "--json", str(out)])
-        runpy.run_path(str(BENCH / script), run_name="__main__")
+        done = subprocess.run(
+            [sys.executable, str(BENCH / script), *args, "--json", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
         return json.loads(out.read_text())
 
     return run
@@ -43,13 +50,34 @@ def test_dataloader(run_bench):
 
 def test_harness_overhead(run_bench):
     result = run_bench(
-        "harness_overhead.py",
-        "--patients",
-        "10",
-        "--epochs",
-        "1",
-        "--encoder",
-        "tu-mobilenetv3_small_050",
-    )
+        "harness_overhead.py", "--patients", "10", "--epochs", "1",
+        "--encoder", "tu-mobilenetv3_small_050",
+    )  # fmt: skip
     assert result["ratio"] > 0 and result["bare_seconds_per_epoch"] > 0
     assert {"engine_seconds_per_epoch", "train_patches", "val_patches", "encoder"} <= set(result)
+
+
+def test_gpu_throughput_runs_on_a_cpu(run_bench):
+    result = run_bench(
+        "gpu_throughput.py", "--encoder", "tu-mobilenetv3_small_050", "--size", "64",
+        "--batches", "4", "--steps", "1", "--warmup", "1", "--workers", "1", "2",
+        "--duration", "1",
+    )  # fmt: skip
+    assert result["device"] == "cpu" and result["gflop_per_training_patch"] > 0
+    (row,) = result["variants"]
+    assert {"variant", "batch", "patches_per_s", "ratio", "tflops", "peak_gib"} <= set(row)
+    assert set(result["shared_device"]) == {"1", "2"}
+    assert result["shared_device"]["1"]["ratio"] == 1.0
+
+
+def test_study_efficiency(run_bench):
+    result = run_bench(
+        "study_efficiency.py", "--patients", "10", "--epochs", "2", "--min-epochs", "1",
+        "--step", "1", "--alphas", "0.1", "--samples", "2", "--seeds", "1",
+    )  # fmt: skip
+    assert result["grid_configurations"] == 4 and result["grid_work"] == 4 * (1 + 2)
+    assert result["target"] == pytest.approx(result["grid_best_score"] - 0.01)
+    assert set(result["searches"]) == {"optuna + asha", "optuna, no early stopping"}
+    for search in result["searches"].values():
+        fields = {"work_per_seed", "median_work", "ratio_to_grid", "seeds_reaching_target"}
+        assert fields | {"total_work_per_seed"} <= set(search)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mtl.config import TrainConfig
+from mtl.config import small
 from mtl.data import PatchGrid, SynthSpec
 from mtl.data.synthetic import generate
 from mtl.model import MultiTaskUNet
@@ -65,11 +65,7 @@ def _specimens(folder: Path, patients: int, seed: int, specimens: int = 1):
 def exported(tmp_path_factory, ray_local):
     """A short study (2 folds, a small encoder) and its best trial exported."""
     results = tmp_path_factory.mktemp("results")
-    train = TrainConfig(
-        encoder="tu-resnet10t", decoder_channels=(64, 32, 16, 8, 8), head="pool",
-        head_hidden=64, image_size=64, epochs=8, batch_size=16, lr=1e-3,
-        lr_schedule="cosine", augment="basic", device="cpu", num_folds=2,
-    )  # fmt: skip
+    train = small().replace(device="cpu", num_folds=2)
     study = StudyConfig(
         name="short", train=train, synthetic=SynthSpec(patients=60, size=64, specimens=2),
         cpus_per_trial=2,

@@ -30,7 +30,7 @@ class PatchStore:
     """Read access to a store: `.index`, `len(store)`, `store[i] -> (image, mask)`."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         meta_file = self.path / "store.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"{self.path} is not a patch store (no store.json)")

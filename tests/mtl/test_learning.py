@@ -1,6 +1,6 @@
 """The training engine learns the synthetic task (minutes on a 2-core CPU)."""
 
-from mtl.config import TrainConfig
+from mtl.config import small
 from mtl.data import SynthSpec, build_synthetic_store
 from mtl.train import train_fold
 
@@ -9,20 +9,7 @@ def test_a_small_encoder_learns_all_three_tasks(tmp_path):
     store = build_synthetic_store(
         tmp_path / "store", SynthSpec(patients=60, size=64, specimens=2, seed=0)
     )
-    config = TrainConfig(
-        data=str(store.path),
-        encoder="tu-resnet10t",
-        decoder_channels=(64, 32, 16, 8, 8),
-        head="pool",
-        head_hidden=64,
-        image_size=64,
-        epochs=8,
-        batch_size=16,
-        lr=1e-3,
-        lr_schedule="cosine",
-        augment="basic",
-        device="cpu",
-    )
+    config = small().replace(data=str(store.path), device="cpu")
     *_, last = train_fold(config, "A")
     val = last.val
     print(

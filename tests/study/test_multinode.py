@@ -7,7 +7,7 @@ import time
 from study.presets import StudyConfig, smoke
 from study.run import fold_placement, prepare_data, run_study
 
-EPOCHS = 3
+EPOCHS = 4
 
 
 def test_folds_spread_over_nodes_and_survive_a_lost_node(local_cluster, tmp_path):
@@ -37,14 +37,16 @@ def test_folds_spread_over_nodes_and_survive_a_lost_node(local_cluster, tmp_path
     folder = tmp_path / "multinode"
     lost = {}
 
-    def lose_a_node_after_the_first_checkpoint():
+    def lose_a_node_after_the_second_checkpoint():
+        # Epoch 2's checkpoint on disk means Tune has long registered epoch 1's: the retry
+        # resumes from a checkpoint, and epoch 1's rows are the first attempt's.
         deadline = time.monotonic() + 300
-        while not list(folder.glob("tune/*/checkpoint_*")) and time.monotonic() < deadline:
+        while not list(folder.glob("tune/*/checkpoint_000001")) and time.monotonic() < deadline:
             time.sleep(0.2)
         lost["node"] = workers[1].node_id
         cluster.remove_node(workers[1])
 
-    killer = threading.Thread(target=lose_a_node_after_the_first_checkpoint)
+    killer = threading.Thread(target=lose_a_node_after_the_second_checkpoint)
     killer.start()
     epochs, trials = run_study(study, tmp_path)
     killer.join()

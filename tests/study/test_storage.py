@@ -167,9 +167,21 @@ def test_failure_lines_name_only_the_failing_nodes():
 
 
 @pytest.fixture(scope="module")
-def cluster(local_cluster):
-    """Two 1-CPU workers beside the 0-CPU head."""
-    return local_cluster({"num_cpus": 1}, {"num_cpus": 1})
+def homes(tmp_path_factory):
+    """Home folders: the head's and the first worker's, and the second worker's."""
+    return tmp_path_factory.mktemp("home-shared"), tmp_path_factory.mktemp("home-other")
+
+
+@pytest.fixture(scope="module")
+def cluster(local_cluster, homes):
+    """Two 1-CPU workers beside the 0-CPU head; the second worker has another home folder,
+    so a store under "~" is on two nodes and missing on the third."""
+    shared, other = (str(h) for h in homes)
+    return local_cluster(
+        {"num_cpus": 1, "env_vars": {"HOME": shared}},
+        {"num_cpus": 1, "env_vars": {"HOME": other}},
+        head={"env_vars": {"HOME": shared}},
+    )
 
 
 def _node_ids(ray):
@@ -189,6 +201,13 @@ def test_a_missing_store_names_every_node(cluster, tmp_path):
     assert {line.split("(")[1].split(")")[0] for line in bad} == _node_ids(ray)
     ips = {node["NodeManagerAddress"] for node in ray.nodes()}
     assert all("store.json" in line and line.split(" ")[0] in ips for line in bad)
+
+
+def test_the_one_node_that_lacks_the_store_is_named(cluster, homes, store):
+    shutil.copytree(store.path, homes[0] / "store")  # in the home of two of the three nodes
+    bad = check_store_on_nodes("~/store", content_hash=store.content_hash)
+    lacking = list(cluster.worker_nodes)[1].node_id
+    assert len(bad) == 1 and lacking in bad[0] and "store.json" in bad[0], bad
 
 
 def test_a_different_store_is_reported(cluster, store):

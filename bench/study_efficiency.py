@@ -1,0 +1,207 @@
+"""How much training a search needs to find what the full grid finds.
+
+    python bench/study_efficiency.py                        # minutes on a laptop CPU
+    python bench/study_efficiency.py --patients 10 --epochs 2 --alphas 0.1 1.0 \\
+        --samples 4 --seeds 1 --json out.json                # CI-sized
+
+1. The grid: every configuration of a discrete space (segmentation loss x balancer x
+   GradNorm alpha) is trained for real, on synthetic data with a small model, for the
+   largest epoch budget, on all five folds. The learning rate is constant, so epoch k of that
+   run is what a k-epoch run of the same configuration gives (same seed, same data order).
+   The full grid over (configuration, epochs in {min..max by step}) therefore costs
+   sum(epochs) per configuration, and its best cross-validated score is known.
+2. The `search` preset's method on the same space (epochs searched too): Optuna with ASHA,
+   and Optuna without early stopping, each run through Ray Tune with a trainer that replays
+   the grid's recorded learning curves, over several sampler seeds.
+3. Work is counted in epoch-units (one epoch of one configuration, all folds). For each
+   search: the work spent until it first finished a trial whose final score is within 0.01
+   of the grid's best (infinite for a seed whose search never did), the median over seeds
+   as a ratio to the grid's total work, and the work the whole search spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from mtl.labels import INTENSITIES, PATTERNS
+from mtl.metrics import EpochMetrics, SplitMetrics
+from study.presets import StudyConfig, grid, smoke
+from study.run import prepare_data, run_study
+from study.search import Choice, IntRange
+
+TOLERANCE = 0.01
+
+
+class ReplayTrainer:
+    """FoldTrainer's interface, replaying a grid's recorded validation metrics."""
+
+    curves: dict = {}  # (seg_loss, balancer, alpha, fold) -> list of per-epoch SplitMetrics
+
+    def __init__(self, config, fold):
+        self.key = (config.seg_loss, config.balancer, round(config.alpha, 9), fold)
+        self.epoch = 0
+
+    def run_epoch(self, progress=None) -> EpochMetrics:
+        split = self.curves[self.key][self.epoch]
+        self.epoch += 1
+        return EpochMetrics(epoch=self.epoch, train=split, val=split, weights=(1.0, 1.0, 1.0),
+                            seconds=0.0)  # fmt: skip
+
+    def state_dict(self) -> dict:
+        return {"epoch": torch.tensor(self.epoch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+
+
+def split_from_row(row: pd.Series) -> SplitMetrics:
+    """A validation row of epochs.parquet back into SplitMetrics (patch-level matrices)."""
+    values = {
+        f.name: row[f.name].item() if hasattr(row[f.name], "item") else row[f.name]
+        for f in dataclasses.fields(SplitMetrics)
+        if f.name in row and not f.name.endswith("_confusion")
+    }
+    for name, labels in (("pattern", PATTERNS), ("intensity", INTENSITIES)):
+        values[f"{name}_confusion"] = tuple(
+            tuple(int(row[f"cm_{name}_{t}_{p}"]) for p in labels) for t in labels
+        )
+    values["patches"] = int(values["patches"])
+    return SplitMetrics(**values)
+
+
+def search_work(trials: pd.DataFrame, target: float) -> float:
+    """Epoch-units spent, trials in the order they ran (one at a time), until the first
+    finished trial scoring >= target; infinite if none does."""
+    spent = 0
+    for trial in trials.sort_values("first_report").itertuples():
+        spent += trial.epochs_run
+        if trial.status == "completed" and trial.cv_score >= target:
+            return spent
+    return float("inf")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=6, help="largest epoch budget")
+    parser.add_argument("--min-epochs", type=int, default=2)
+    parser.add_argument("--step", type=int, default=2)
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.05, 0.3, 1.5])
+    parser.add_argument("--samples", type=int, default=12, help="trials per search")
+    parser.add_argument("--seeds", type=int, default=3, help="sampler seeds per search")
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args(argv)
+    min_epochs = min(args.min_epochs, args.epochs)
+    budgets = list(range(min_epochs, args.epochs + 1, args.step))
+    if budgets[-1] != args.epochs:
+        budgets.append(args.epochs)
+
+    base = smoke()
+    train = base.train.replace(epochs=args.epochs, encoder="tu-resnet10t", lr=5e-4)
+    space_values = {"seg_loss": ("dice", "bce"), "balancer": ("equal", "gradnorm"),
+                    "alpha": tuple(args.alphas)}  # fmt: skip
+    configurations = grid(**space_values)
+    synthetic = dataclasses.replace(base.synthetic, patients=args.patients)
+    console = Console()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)  # fmt: skip
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = Path(tmp)
+            study = StudyConfig(name="grid", train=train, configurations=configurations,
+                                synthetic=synthetic, keep_checkpoints=1)  # fmt: skip
+            study = prepare_data(study, results)
+            console.print(f"training the grid: {len(configurations)} configurations x "
+                          f"{args.epochs} epochs x 5 folds")  # fmt: skip
+            grid_epochs, grid_trials = run_study(study, results)
+
+            val = grid_epochs[grid_epochs.split == "val"].merge(
+                grid_trials[["trial_id", "seg_loss", "balancer", "alpha"]], on="trial_id"
+            )
+            curves = {}
+            for (loss, balancer, alpha, fold), rows in val.groupby(
+                ["seg_loss", "balancer", "alpha", "fold"]
+            ):
+                rows = rows.sort_values("epoch")
+                curves[(loss, balancer, round(alpha, 9), fold)] = [
+                    split_from_row(r) for _, r in rows.iterrows()
+                ]
+            ReplayTrainer.curves = curves
+            # Per configuration and epoch: the fold-mean score, what a k-epoch run reports.
+            scores = val.groupby(["trial_id", "epoch"])[
+                ["pixel_acc", "pattern_acc", "intensity_acc"]
+            ]
+            per_epoch = scores.mean().mean(axis=1)
+            best = max(per_epoch.xs(k, level="epoch").max() for k in budgets)
+            grid_work = len(configurations) * sum(budgets)
+            target = best - TOLERANCE
+
+            space = {"seg_loss": Choice(space_values["seg_loss"]),
+                     "balancer": Choice(space_values["balancer"]),
+                     "alpha": Choice(space_values["alpha"]),
+                     "epochs": IntRange(min_epochs, args.epochs, args.step) if len(budgets) > 1
+                     else Choice((args.epochs,))}  # fmt: skip
+            searches = {"optuna + asha": "asha", "optuna, no early stopping": "none"}
+            found = {name: [] for name in searches}
+            spent = {name: [] for name in searches}
+            for name, scheduler in searches.items():
+                for seed in range(args.seeds):
+                    search = StudyConfig(
+                        name=f"{scheduler}-{seed}", train=study.train, space=space,
+                        num_samples=args.samples, scheduler=scheduler,
+                        grace_period=min_epochs, reduction_factor=2, max_concurrent=1,
+                        synthetic=synthetic, seed=seed, keep_checkpoints=1,
+                    )  # fmt: skip
+                    _, trials = run_study(search, results, trainer=ReplayTrainer)
+                    if (trials.status == "errored").any():
+                        raise RuntimeError(f"replay failed: {trials.error.dropna().iloc[0]}")
+                    found[name].append(search_work(trials, target))
+                    spent[name].append(int(trials.epochs_run.sum()))
+    finally:
+        ray.shutdown()
+
+    summary = {
+        name: {
+            "work_per_seed": works,
+            # A seed that never came within the tolerance counts as infinite work.
+            "median_work": float(np.median(works)),
+            "ratio_to_grid": float(np.median(works)) / grid_work,
+            "seeds_reaching_target": int(np.isfinite(works).sum()),
+            "total_work_per_seed": spent[name],
+        }
+        for name, works in found.items()
+    }
+    results = {"grid_configurations": len(configurations), "epoch_budgets": budgets,
+               "grid_work": grid_work, "grid_best_score": best, "target": target,
+               "samples": args.samples, "seeds": args.seeds, "searches": summary}  # fmt: skip
+    table = Table(title=f"epoch-units to come within {TOLERANCE} of the grid's best "
+                  f"cv score ({best:.3f}); the full grid costs {grid_work}")  # fmt: skip
+    columns = ("search", "median epoch-units to it", "vs grid", "seeds reaching it",
+               "epoch-units spent in all")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column == "search" else "right")
+    table.add_row("full grid", str(grid_work), "1.00x", "-", str(grid_work))
+    for name, entry in summary.items():
+        table.add_row(name, f"{entry['median_work']:.0f}", f"{entry['ratio_to_grid']:.2f}x",
+                      f"{entry['seeds_reaching_target']}/{args.seeds}",
+                      f"{np.mean(entry['total_work_per_seed']):.0f}")  # fmt: skip
+    console.print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=float))
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
