@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mtl.config import tiny
@@ -32,7 +34,8 @@ def ray_local():
 @pytest.fixture(scope="module")
 def local_cluster():
     """start(*workers): a Ray cluster on this machine, a head with 0 CPUs (as on a real
-    cluster) and one node per dict of `ray start` arguments; the driver joins it by its
+    cluster) and one node per dict of `ray start` arguments (kept, in order, as
+    `cluster.workers`); the driver joins it by its
     explicit address, never "auto". Stopped at the end of the module, after which the
     session's local Ray (ray_local) is back as conftest starts it.
 
@@ -45,6 +48,15 @@ def local_cluster():
     session_ray = ray.is_initialized()
     clusters = []
 
+    def keep_the_token(args: dict) -> dict:
+        # A node given another HOME would look for Ray's auth token (enabled by the session's
+        # earlier ray.init) under that HOME, and its raylet would die at start-up.
+        env = args.get("env_vars", {})
+        if "HOME" in env:
+            token = Path.home() / ".ray" / "auth_token"
+            args = {**args, "env_vars": {"RAY_AUTH_TOKEN_PATH": str(token), **env}}
+        return args
+
     def start(*workers: dict, head: dict | None = None) -> Cluster:
         if ray.is_initialized():
             ray.shutdown()
@@ -53,10 +65,10 @@ def local_cluster():
             # this machine from finding (and joining) the test's cluster.
             patch.setattr(ray._private.utils, "write_ray_address", lambda *a, **k: None)
             head_args = {"num_cpus": 0, "include_dashboard": False, **(head or {})}
-            cluster = Cluster(initialize_head=True, head_node_args=head_args)
+            cluster = Cluster(initialize_head=True, head_node_args=keep_the_token(head_args))
         clusters.append(cluster)
-        for args in workers:
-            cluster.add_node(**args)
+        # In the order given (Cluster.worker_nodes is a set).
+        cluster.workers = [cluster.add_node(**keep_the_token(args)) for args in workers]
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, configure_logging=False, log_to_driver=False)
         return cluster

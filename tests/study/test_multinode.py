@@ -15,7 +15,7 @@ def test_folds_spread_over_nodes_and_survive_a_lost_node(local_cluster, tmp_path
 
     slots = {"num_cpus": 2, "resources": {"fold_slot": 5}}  # room for all 5 folds on each
     cluster = local_cluster(dict(slots), dict(slots))
-    workers = list(cluster.worker_nodes)
+    workers = cluster.workers
     deadline = time.monotonic() + 60  # until the scheduler sees both nodes' slots
     while ray.available_resources().get("fold_slot", 0) < 10:
         assert time.monotonic() < deadline

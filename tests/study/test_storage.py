@@ -206,7 +206,7 @@ def test_a_missing_store_names_every_node(cluster, tmp_path):
 def test_the_one_node_that_lacks_the_store_is_named(cluster, homes, store):
     shutil.copytree(store.path, homes[0] / "store")  # in the home of two of the three nodes
     bad = check_store_on_nodes("~/store", content_hash=store.content_hash)
-    lacking = list(cluster.worker_nodes)[1].node_id
+    lacking = cluster.workers[1].node_id
     assert len(bad) == 1 and lacking in bad[0] and "store.json" in bad[0], bad
 
 
