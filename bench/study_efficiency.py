@@ -2,7 +2,7 @@
 
     python bench/study_efficiency.py                        # minutes on a laptop CPU
     python bench/study_efficiency.py --patients 10 --epochs 2 --alphas 0.1 1.0 \\
-        --samples 4 --seeds 1 --json out.json                # CI-sized
+        --encoder tu-mobilenetv3_small_050 --samples 4 --seeds 1 --json out.json  # CI-sized
 
 1. The grid: every configuration of a discrete space (segmentation loss x balancer x
    GradNorm alpha) is trained for real, on synthetic data with a small model, for the
@@ -95,6 +95,7 @@ def search_work(trials: pd.DataFrame, target: float) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=20)
+    parser.add_argument("--encoder", default="tu-resnet10t", help="the grid's model encoder")
     parser.add_argument("--epochs", type=int, default=6, help="largest epoch budget")
     parser.add_argument("--min-epochs", type=int, default=2)
     parser.add_argument("--step", type=int, default=2)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         budgets.append(args.epochs)
 
     base = smoke()
-    train = base.train.replace(epochs=args.epochs, encoder="tu-resnet10t", lr=5e-4)
+    train = base.train.replace(epochs=args.epochs, encoder=args.encoder, lr=5e-4)
     space_values = {"seg_loss": ("dice", "bce"), "balancer": ("equal", "gradnorm"),
                     "alpha": tuple(args.alphas)}  # fmt: skip
     configurations = grid(**space_values)

@@ -25,7 +25,8 @@ def tiny_config(tiny_store):
 @pytest.fixture(scope="session")
 def ray_local():
     """A fresh local Ray (never a cluster named by RAY_ADDRESS), shut down afterwards."""
-    ray = pytest.importorskip("ray")
+    import ray
+
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
@@ -42,7 +43,7 @@ def local_cluster():
     Ray turns a loopback address into this machine's IP before connecting, so the nodes
     keep their default IP.
     """
-    ray = pytest.importorskip("ray")
+    import ray
     from ray.cluster_utils import Cluster
 
     session_ray = ray.is_initialized()

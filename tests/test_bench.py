@@ -74,6 +74,7 @@ def test_study_efficiency(run_bench):
     result = run_bench(
         "study_efficiency.py", "--patients", "10", "--epochs", "2", "--min-epochs", "1",
         "--step", "1", "--alphas", "0.1", "--samples", "2", "--seeds", "1",
+        "--encoder", "tu-mobilenetv3_small_050",
     )  # fmt: skip
     assert result["grid_configurations"] == 4 and result["grid_work"] == 4 * (1 + 2)
     assert result["target"] == pytest.approx(result["grid_best_score"] - 0.01)

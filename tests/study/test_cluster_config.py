@@ -12,13 +12,13 @@ import copy
 import re
 from pathlib import Path
 
+import jsonschema
 import pytest
+import ray
+import yaml
 
-yaml = pytest.importorskip("yaml")
-ray = pytest.importorskip("ray")
-jsonschema = pytest.importorskip("jsonschema")  # what validate_config checks the schema with
-
-from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
+# validate_config checks the schema with jsonschema (a dev dependency, so never skipped).
+from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ["cluster.yaml", "cluster.local.yaml"]

@@ -320,7 +320,8 @@ def test_best_epoch_patient_level_and_the_original_side_by_side(results, tmp_pat
 
 
 def test_optuna_figures_and_a_note_when_too_few_trials(results, tmp_path):
-    optuna = pytest.importorskip("optuna")
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     def objective(trial):
@@ -374,7 +375,7 @@ def test_the_score_is_the_study_s():
 
 
 def test_an_optuna_journal_is_found_too(tmp_path):
-    optuna = pytest.importorskip("optuna")
+    import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
