@@ -35,10 +35,10 @@ def ray_local():
 @pytest.fixture(scope="module")
 def local_cluster():
     """start(*workers): a Ray cluster on this machine, a head with 0 CPUs (as on a real
-    cluster) and one node per dict of `ray start` arguments (kept, in order, as
-    `cluster.workers`); the driver joins it by its
-    explicit address, never "auto". Stopped at the end of the module, after which the
-    session's local Ray (ray_local) is back as conftest starts it.
+    cluster) and one node per dict of `ray start` arguments, kept in order as
+    `cluster.workers`; the driver joins it by its explicit address, never "auto". Stopped at
+    the end of the module, after which the session's local Ray (ray_local) is back as
+    conftest starts it.
 
     Ray turns a loopback address into this machine's IP before connecting, so the nodes
     keep their default IP.
