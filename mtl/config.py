@@ -34,6 +34,10 @@ class TrainConfig:
     folds: FoldScheme = "stratified"
     num_folds: int = 5
     fold_seed: int = 0
+    # Patients in no fold, neither trained nor validated on: a study's test set, chosen once
+    # before the search (StudyConfig.test_patients), so that the chosen configuration gets an
+    # estimate free of the selection's optimism.
+    held_out: tuple[int, ...] = ()
     augment: Augmentation = "none"  # the original study had none
     # Model: an smp U-Net with two classification heads on the bottleneck.
     encoder: str = "efficientnet-b4"
@@ -74,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"num_folds must be at least 2, got {self.num_folds}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if len(set(self.held_out)) != len(self.held_out):
+            raise ValueError(f"held_out lists a patient twice: {self.held_out}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if len(self.decoder_channels) < self.encoder_depth:

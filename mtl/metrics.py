@@ -210,16 +210,24 @@ def majority_votes(
             ("pattern", pattern_probs, len(PATTERNS)),
             ("intensity", intensity_probs, len(INTENSITIES)),
         ):
-            votes = np.eye(classes)[probs.argmax(1)]
-            # Counts first; the summed probability (< 1 per patch) only breaks ties.
-            score = votes + probs / (len(probs) + 1)
-            grouped = pd.DataFrame(score).groupby(patches[level].to_numpy()).sum()
-            predicted = grouped.to_numpy().argmax(1)
-            true = patches.groupby(level)[task].first().loc[grouped.index].to_numpy()
-            cm = confusion(true, predicted, classes)
+            predicted = vote(patches[level].to_numpy(), probs)
+            true = patches.groupby(level)[task].first().loc[predicted.index].to_numpy()
+            cm = confusion(true, predicted.to_numpy(), classes)
             result[f"{level}_{task}_acc"] = float(np.trace(cm) / cm.sum())
             if task == "pattern":
                 result[f"{level}_pattern_mca"] = mean_class_accuracy(cm)
             if level == "patient":
                 result[f"patient_{task}_confusion"] = tuple(map(tuple, cm.tolist()))
     return result
+
+
+def vote(groups: np.ndarray, probs: np.ndarray) -> pd.Series:
+    """The class most of each group's patches predict, indexed by group (sorted).
+
+    `probs` is patches x classes. A tie goes to the tied class with the larger summed
+    probability: counts come first, the summed probability (< 1 per patch) only breaks ties.
+    """
+    votes = np.eye(probs.shape[1])[probs.argmax(1)]
+    score = votes + probs / (len(probs) + 1)
+    grouped = pd.DataFrame(score).groupby(groups).sum()
+    return pd.Series(grouped.to_numpy().argmax(1), index=grouped.index)

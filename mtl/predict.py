@@ -79,21 +79,28 @@ class Ensemble:
     def predict_patches(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """uint8 (N, S, S) -> mask, pattern and intensity probabilities, averaged over folds:
         (N, S, S), (N, 7), (N,)."""
-        masks, patterns, intensities = [], [], []
-        for start in range(0, len(patches), self.batch_size):
-            batch = torch.from_numpy(patches[start : start + self.batch_size]).unsqueeze(1)
-            batch = batch.to(self.device)
-            outputs = [model(batch) for model in self.models]
-            masks.append(torch.stack([o.mask.float().sigmoid() for o in outputs]).mean(0))
-            patterns.append(torch.stack([o.pattern.float().softmax(1) for o in outputs]).mean(0))
-            intensities.append(
-                torch.stack([o.intensity.float().sigmoid() for o in outputs]).mean(0)
-            )
-        return (
-            torch.cat(masks)[:, 0].cpu().numpy(),
-            torch.cat(patterns).cpu().numpy(),
-            torch.cat(intensities).cpu().numpy(),
-        )
+        return ensemble_probabilities(self.models, patches, self.device, self.batch_size)
+
+
+@torch.inference_mode()
+def ensemble_probabilities(
+    models: list[MultiTaskUNet], patches: np.ndarray, device: torch.device, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 (N, S, S) -> mask, pattern and intensity probabilities of every patch, averaged
+    over the models (in eval mode): (N, S, S), (N, 7), (N,)."""
+    masks, patterns, intensities = [], [], []
+    for start in range(0, len(patches), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(patches[start : start + batch_size]))
+        batch = batch.unsqueeze(1).to(device)
+        outputs = [model(batch) for model in models]
+        masks.append(torch.stack([o.mask.float().sigmoid() for o in outputs]).mean(0))
+        patterns.append(torch.stack([o.pattern.float().softmax(1) for o in outputs]).mean(0))
+        intensities.append(torch.stack([o.intensity.float().sigmoid() for o in outputs]).mean(0))
+    return (
+        torch.cat(masks)[:, 0].cpu().numpy(),
+        torch.cat(patterns).cpu().numpy(),
+        torch.cat(intensities).cpu().numpy(),
+    )
 
 
 def window_offsets(height: int, width: int, size: int, grid: PatchGrid) -> list[tuple[int, int]]:

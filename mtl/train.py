@@ -45,13 +45,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def split_rows(config: TrainConfig, index, fold: str) -> tuple[np.ndarray, np.ndarray]:
-    """Row numbers of the training and validation patches when `fold` is held out."""
+    """Row numbers of the training and validation patches when `fold` is validated on.
+
+    The patients of `config.held_out` (the test set) are in neither: folds are dealt over
+    the other patients only.
+    """
     names = fold_names(config.num_folds)
     if fold not in names:
         raise ValueError(f"fold must be one of {', '.join(names)}, got {fold!r}")
-    folds = assign_folds(index, config.folds, k=config.num_folds, seed=config.fold_seed)
-    held_out = index.patient.map(folds).to_numpy() == fold
-    return np.flatnonzero(~held_out), np.flatnonzero(held_out)
+    in_folds = ~index.patient.isin(config.held_out).to_numpy()
+    folds = assign_folds(index[in_folds], config.folds, k=config.num_folds, seed=config.fold_seed)
+    patient_fold = index.patient.map(folds).to_numpy()
+    validate = in_folds & (patient_fold == fold)
+    return np.flatnonzero(in_folds & ~validate), np.flatnonzero(validate)
+
+
+def heldout_rows(config: TrainConfig, index) -> np.ndarray:
+    """Row numbers of the held-out (test) patients' patches."""
+    return np.flatnonzero(index.patient.isin(config.held_out).to_numpy())
 
 
 def open_checked_store(config: TrainConfig) -> PatchStore:

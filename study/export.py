@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from mtl.config import TrainConfig
-from mtl.data import PatchGrid, fold_names
+from mtl.data import PatchGrid, fold_labels
 from mtl.labels import INTENSITIES, PATTERNS
 from mtl.predict import MODEL_FORMAT
 
@@ -41,6 +41,19 @@ def trial_checkpoint(results: Path, trial_id: str) -> Path:
     return folders[-1]
 
 
+def fold_model(checkpoint: Path, fold: str) -> dict:
+    """The model weights of one fold in a trial's checkpoint folder."""
+    path = checkpoint / f"fold-{fold}.pt"
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def trial_config(row: pd.Series) -> TrainConfig:
+    """The TrainConfig of a row of trials.parquet."""
+    return TrainConfig.from_dict(
+        {f.name: _native(row[f.name]) for f in dataclasses.fields(TrainConfig)}
+    )
+
+
 def choose_trial(trials: pd.DataFrame, which: str) -> pd.Series:
     if which == "best":
         finished = trials[trials.status == "completed"]
@@ -57,19 +70,16 @@ def export(results: str | Path, out: str | Path, trial: str = "best") -> Path:
     results, out = Path(results), Path(out)
     trials = pd.read_parquet(results / "trials.parquet")
     row = choose_trial(trials, trial)
-    config = TrainConfig.from_dict(
-        {f.name: _native(row[f.name]) for f in dataclasses.fields(TrainConfig)}
-    )
+    config = trial_config(row)
     checkpoint = trial_checkpoint(results, row.trial_id)
     meta = json.loads((checkpoint / "trial.json").read_text())
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    folds = fold_names(config.num_folds)
-    for fold in folds:
-        state = torch.load(checkpoint / f"fold-{fold}.pt", map_location="cpu", weights_only=True)
-        torch.save(state["model"], tmp / f"fold-{fold}.pt")
     study = json.loads((results / "study.json").read_text())
+    folds = fold_labels(config.num_folds, study.get("repeats", 1))
+    for fold in folds:
+        torch.save(fold_model(checkpoint, fold), tmp / f"fold-{fold}.pt")
     model = {
         "format": MODEL_FORMAT,
         "study": study["name"],

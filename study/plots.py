@@ -27,6 +27,14 @@ SIZES = {
     "weights": (12.0, 4.8),
     "confusion": (12.0, 10.0),
     "optuna": (9.0, 5.5),
+    "intervals": (11.0, 6.0),
+    "recall": (12.0, 5.0),
+}
+VERDICT_COLOURS = {
+    "best": "tab:green",
+    "equivalent": "tab:blue",
+    "undecided": "tab:orange",
+    "worse": "tab:red",
 }
 # One panel column per task: (title, loss column, accuracy column, accuracy title).
 TASK_PANELS = (
@@ -168,6 +176,74 @@ def confusion_matrices(rows: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def score_intervals(
+    per_fold: pd.DataFrame,
+    stats: pd.DataFrame,
+    labels: Mapping[str, str],
+    ratio: float,
+    title: str,
+    path: Path,
+    metric: str = "score",
+) -> Path:
+    """Each configuration's `metric`: its per-fold values (dots), the mean and its 95%
+    interval (corrected for the overlap of cross-validation training sets: the t quantile
+    times sd * sqrt(1/n + ratio)), sorted best first and coloured by the verdict of its
+    paired comparison with the best; a dashed line at the best's mean."""
+    from scipy import stats as scipy_stats
+
+    rows = stats[stats.metric == metric].sort_values("mean", ascending=True)
+    fig = _figure("intervals")
+    ax = fig.subplots()
+    rng = np.random.default_rng(0)  # jitter only: the same picture every time
+    for y, row in enumerate(rows.itertuples()):
+        values = per_fold.loc[per_fold.trial_id == row.trial_id, metric].dropna().to_numpy()
+        colour = VERDICT_COLOURS.get(row.verdict, "black")
+        jitter = rng.uniform(-0.15, 0.15, len(values))
+        ax.scatter(values, y + jitter, s=14, color="grey", alpha=0.7, zorder=2)
+        n = len(values)
+        if n > 1:
+            half = scipy_stats.t.ppf(0.975, n - 1) * values.std(ddof=1) * np.sqrt(1 / n + ratio)
+            ax.errorbar(row.mean, y, xerr=half, fmt="o", color=colour, capsize=4, zorder=3)
+        else:
+            ax.plot(row.mean, y, "o", color=colour, zorder=3)
+    best = rows[rows.is_best]
+    if len(best):
+        ax.axvline(best["mean"].iloc[0], linestyle="--", color="tab:green", alpha=0.6)
+    ax.set_yticks(range(len(rows)), [labels.get(t, t) for t in rows.trial_id], fontsize=8)
+    ax.set_xlabel(f"{metric} (fraction); dots: folds; bar: 95% interval of the mean")
+    ax.grid(axis="x", alpha=0.3)
+    handles = [
+        ax.errorbar([], [], xerr=[], fmt="o", color=c, label=v) for v, c in VERDICT_COLOURS.items()
+    ]
+    ax.legend(handles=handles, title="against the best", loc="lower right", fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def pattern_recall(
+    selected: pd.DataFrame, labels: Mapping[str, str], title: str, path: Path
+) -> Path:
+    """Recall of every pattern for each configuration in `labels` (in that order): the mean
+    over folds as a bar, the folds' spread (min to max) as a line."""
+    fig = _figure("recall")
+    ax = fig.subplots()
+    width = 0.8 / max(len(labels), 1)
+    x = np.arange(len(PATTERNS))
+    for i, (trial_id, label) in enumerate(labels.items()):
+        rows = selected[selected.trial_id == trial_id]
+        recall = rows[[f"recall_{p}" for p in PATTERNS]]
+        offset = x - 0.4 + width * (i + 0.5)
+        ax.bar(offset, recall.mean().to_numpy(), width, label=label)
+        ax.vlines(offset, recall.min().to_numpy(), recall.max().to_numpy(), color="black", lw=1)
+    ax.set_xticks(x, PATTERNS)
+    ax.set_ylim(*ACCURACY_LIMITS)
+    ax.set_ylabel("recall (fraction of the class's patches)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 # Optuna's storages by file name in the results folder.
 def _sqlite(path: Path):
     return f"sqlite:///{path}"
@@ -200,8 +276,9 @@ def load_optuna_study(results: Path):
 
 
 def optuna_figures(study, out: Path) -> tuple[list[Path], list[str]]:
-    """History, parameter importances and parallel coordinates of an Optuna study; returns
-    the PNGs written and a note for every figure that could not be drawn."""
+    """Intermediate values, history, parameter importances and parallel coordinates of an
+    Optuna study; returns the PNGs written and a note for every figure that could not be
+    drawn."""
     import matplotlib.pyplot as plt
     import optuna
     from optuna.visualization import matplotlib as vis
@@ -213,6 +290,9 @@ def optuna_figures(study, out: Path) -> tuple[list[Path], list[str]]:
     params = {name for t in complete for name in t.params}
     # name -> (plot function, the least number of completed trials, title, x label, y label)
     figures = {
+        "optuna_intermediate": (vis.plot_intermediate_values, 1,
+                                "intermediate values (every trial, pruned ones included)",
+                                "epoch", f"{objective} (fraction)"),
         "optuna_history": (vis.plot_optimization_history, 1, "optimisation history",
                            "trial number", f"{objective} (fraction)"),
         "optuna_importances": (vis.plot_param_importances, 2, "parameter importances (fANOVA)",
@@ -221,8 +301,13 @@ def optuna_figures(study, out: Path) -> tuple[list[Path], list[str]]:
                             "parameter", f"{objective} (fraction)"),
     }  # fmt: skip
     paths, notes = [], []
+    reported = [t for t in study.trials if t.intermediate_values]
     for name, (plot, least, title, xlabel, ylabel) in figures.items():
-        if len(complete) < least or not params:
+        if name == "optuna_intermediate":
+            if not reported:
+                notes.append(f"{title}: no trial reported an intermediate value")
+                continue
+        elif len(complete) < least or not params:
             notes.append(
                 f"{title}: needs {least} completed trials with parameters, "
                 f"the study has {len(complete)}"

@@ -29,7 +29,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtl.config import TrainConfig
+from mtl.labels import PATTERNS
 from study import plots
+from study.holdout import optimism_sentence
+from study.stats import DEFAULT_ROPE, compare_to_best, summary_sentence
 
 LEVELS = {
     "patch": "patch level",
@@ -77,6 +80,30 @@ def level_metrics(level: str) -> dict[str, str]:
         f"{level}_pattern_mca": "pattern mean class acc.",
     }
 
+
+# Every metric with its level in its name, for tables that mix levels.
+METRIC_TITLES = {
+    "score": "score (mean of pixel, pattern, intensity acc.)",
+    "pixel_acc": "pixel accuracy",
+    "dice": "Dice (cells)",
+    "iou": "IoU (cells)",
+    "pattern_acc": "pattern accuracy",
+    "pattern_mca": "pattern mean class acc.",
+    "intensity_acc": "intensity accuracy",
+    **{
+        f"{level}_{metric}": f"{title}, {level} vote"
+        for level in ("image", "patient")
+        for metric, title in (
+            ("pattern_acc", "pattern accuracy"),
+            ("pattern_mca", "pattern mean class acc."),
+            ("intensity_acc", "intensity accuracy"),
+        )
+    },
+}
+
+SCREEN_COLUMNS = 3  # configurations side by side on a terminal; more are ranked in rows
+SCREEN_TEST_METRICS = ("score", "pixel_acc", "pattern_acc", "intensity_acc",
+                       "patient_pattern_acc", "patient_intensity_acc")  # fmt: skip
 
 # The study's score: the mean of these three (study.results.SCORE_METRICS, not imported: torch).
 SCORE_METRICS = tuple(level_metrics("patch"))[:3]
@@ -265,7 +292,11 @@ def fold_report_table(table: pd.DataFrame, name: str, title: str, level: str) ->
 
 
 def comparison_report_table(
-    summary: pd.DataFrame, labels: pd.Series, title: str, level: str
+    summary: pd.DataFrame,
+    labels: pd.Series,
+    title: str,
+    level: str,
+    stats: pd.DataFrame | None = None,
 ) -> ReportTable:
     metrics = summary_columns(level)
     columns = [labels[t] for t in summary.index]
@@ -288,7 +319,108 @@ def comparison_report_table(
     shown = means.round(3)
     best = shown.eq(shown.max(axis=1), axis=0) & shown.notna()
     best.loc["epoch"] = False
-    return ReportTable("comparison", title, numbers, cells, best.set_axis(cells.index))
+    best = best.set_axis(cells.index)
+    if stats is not None and len(stats):
+        # What the ranking is worth: the score's paired difference to the best, its interval
+        # and the verdict (study.stats), under the means.
+        score = stats[stats.metric == "score"].set_index("trial_id").loc[summary.index]
+        rows = score.itertuples()
+        differences = [
+            ("best", "", r.verdict)
+            if r.is_best
+            else (signed(r.diff_vs_best), interval(r.ci_low, r.ci_high), r.verdict)
+            for r in rows
+        ]
+        extra = pd.DataFrame(
+            list(zip(*differences, strict=True)),
+            index=["score − best", "95% interval", "verdict"],
+            columns=columns,
+        )
+        cells = pd.concat([cells, extra]).rename_axis("metric")
+        best = pd.concat([best, pd.DataFrame(False, index=extra.index, columns=columns)])
+    return ReportTable("comparison", title, numbers, cells, best)
+
+
+def interval(low: float, high: float) -> str:
+    return "-" if pd.isna(low) else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def ranking_report_table(
+    summary: pd.DataFrame, stats: pd.DataFrame, labels: pd.Series, title: str
+) -> ReportTable:
+    """The comparison as a terminal shows it: one row per configuration, best first, with
+    the score, its paired difference to the best, the interval and the verdict."""
+    score = stats[stats.metric == "score"].set_index("trial_id").loc[summary.index]
+    cells = pd.DataFrame(
+        {
+            "score": [mean_std(m, s) for m, s in zip(score["mean"], score["std"], strict=True)],
+            "− best": ["" if r.is_best else signed(r.diff_vs_best) for r in score.itertuples()],
+            "95% interval": [
+                "" if r.is_best else interval(r.ci_low, r.ci_high) for r in score.itertuples()
+            ],
+            "verdict": score.verdict.to_numpy(),
+        },
+        index=pd.Index([labels[t] for t in summary.index], name="configuration"),
+    )
+    return ReportTable("ranking", title, score, cells, text_columns=("verdict",))
+
+
+def statistics_report_table(
+    stats: pd.DataFrame, labels: pd.Series, level: str, title: str
+) -> ReportTable:
+    """Every configuration against the best, metric by metric (report.md and stats.csv)."""
+    titles = row_titles(level)
+    rows = stats[~stats.is_best]
+    cells = pd.DataFrame(
+        {
+            "metric": [titles.get(m, m) for m in rows.metric],
+            "folds": rows.n_folds.astype(int).astype(str).to_numpy(),
+            "Δ vs best": [signed(v) for v in rows.diff_vs_best],
+            "95% interval": list(map(interval, rows.ci_low, rows.ci_high)),
+            "p": [number(v) for v in rows.p_value],
+            "P(worse)": [number(v, 2) for v in rows.p_worse],
+            "P(equiv.)": [number(v, 2) for v in rows.p_rope],
+            "P(better)": [number(v, 2) for v in rows.p_better],
+            "verdict": rows.verdict.to_numpy(),
+        },
+        index=pd.Index([labels[t] for t in rows.trial_id], name="configuration"),
+    )
+    return ReportTable("differences", title, stats, cells, text_columns=("metric", "verdict"))
+
+
+def recall_report_table(selected: pd.DataFrame, order, labels: pd.Series, title: str):
+    """Recall of every pattern (patch level), mean ± std over folds, per configuration."""
+    columns = [f"recall_{p}" for p in PATTERNS]
+    if not set(columns) <= set(selected):
+        return None
+    rows = selected[selected.trial_id.isin(order)]
+    grouped = rows.groupby("trial_id")[columns]
+    mean, std = grouped.mean().loc[list(order)], grouped.std(ddof=1).loc[list(order)]
+    cells = pd.DataFrame(
+        [[mean_std(mean.at[t, c], std.at[t, c]) for c in columns] for t in order],
+        index=pd.Index([labels[t] for t in order], name="configuration"),
+        columns=list(PATTERNS),
+    )
+    numbers = mean.join(std.add_suffix("_std")).rename_axis("trial_id")
+    return ReportTable("recall", title, numbers, cells)
+
+
+def test_report_table(test: pd.DataFrame, title: str) -> ReportTable:
+    """The chosen configuration: cross-validated beside held-out estimate, and their
+    difference (the optimism of the selection)."""
+    cells = pd.DataFrame(
+        {
+            "cross-validated": [mean_std(m, s) for m, s in zip(test.cv, test.cv_std, strict=True)],
+            "test": [number(v) for v in test.test],
+            "95% interval (test)": [
+                f"{number(lo)} to {number(hi)}"
+                for lo, hi in zip(test.ci_low, test.ci_high, strict=True)
+            ],
+            "optimism (cv − test)": [signed(v) for v in test.optimism],
+        },
+        index=pd.Index([METRIC_TITLES.get(m, m) for m in test.metric], name="metric"),
+    )
+    return ReportTable("test", title, test, cells)
 
 
 def stopped_report_table(stopped: pd.DataFrame, labels: pd.Series, title: str) -> ReportTable:
@@ -400,6 +532,9 @@ class Results:
     trials: pd.DataFrame
     keys: tuple[str, ...]  # the fields the study set out to vary
     score_metrics: tuple[str, ...]  # what the study's own cv_score averages
+    num_folds: int | None = None  # k of the (repeated) k-fold cross-validation
+    held_out: bool = False  # whether the study kept a test set out of every fold
+    test: pd.DataFrame | None = None  # test.parquet: the chosen configuration's test estimate
 
 
 def study_keys(study: dict) -> tuple[str, ...]:
@@ -419,6 +554,8 @@ def load_results(path: str | Path) -> Results:
         )
     study_file = path / "study.json"
     study = json.loads(study_file.read_text()) if study_file.is_file() else {}
+    train = study.get("train", {})
+    test_file = path / "test.parquet"
     return Results(
         path=path,
         name=study.get("name", path.name),
@@ -426,23 +563,89 @@ def load_results(path: str | Path) -> Results:
         trials=pd.read_parquet(path / "trials.parquet"),
         keys=study_keys(study),
         score_metrics=tuple(study.get("score_metrics", SCORE_METRICS)),
+        num_folds=train.get("num_folds"),
+        held_out=bool(train.get("held_out")),
+        test=pd.read_parquet(test_file) if test_file.is_file() else None,
+    )
+
+
+@dataclass(frozen=True)
+class Built:
+    tables: list[ReportTable]  # comparison first, then the others
+    folds: list[ReportTable]  # one per completed configuration
+    summary: pd.DataFrame  # completed trials, best score first
+    stats: pd.DataFrame  # study.stats.compare_to_best of the completed trials
+    sentences: list[str]  # what the statistics say, in words
+    selected: pd.DataFrame  # one validation row per (trial, fold): what the tables use
+
+
+def fold_statistics(
+    results: Results, selected: pd.DataFrame, done: pd.Series, level: str, rope: float
+) -> pd.DataFrame:
+    """Every completed configuration against the best, fold by fold, on the report's rows."""
+    metrics = ["score", *level_metrics(level)]
+    per_fold = selected[selected.trial_id.isin(done)]
+    if per_fold.empty:
+        return pd.DataFrame()
+    columns = ["trial_id", "fold", *(["repeat"] if "repeat" in per_fold else []), *metrics]
+    return compare_to_best(
+        per_fold[columns], metrics, folds_per_repeat=results.num_folds, rope=rope
     )
 
 
 def build_tables(
-    results: Results, level: str, epoch: str, compare_original: bool
-) -> tuple[list[ReportTable], list[ReportTable], pd.DataFrame]:
-    """(summary tables, per-fold tables, the summary of completed trials, best first)."""
+    results: Results,
+    level: str,
+    epoch: str,
+    compare_original: bool,
+    rope: float = DEFAULT_ROPE,
+) -> Built:
     trials, labels = results.trials, configuration_labels(results.trials, results.keys)
     selected = select_epochs(results.epochs, level, epoch)
     done = trials.trial_id[trials.status == "completed"]
     summary = summarise(selected[selected.trial_id.isin(done)], level)
+    stats = fold_statistics(results, selected, done, level, rope)
+    titles = row_titles(level)
+    sentences = [
+        summary_sentence(stats, metric, "score" if metric == "score" else titles[metric])
+        for metric in ("score", list(level_metrics(level))[1])  # the score, pattern accuracy
+        if len(stats) and metric in set(stats.metric)
+    ]
     where = f"validation, {LEVELS[level]}, {EPOCHS[epoch]}"
     title = (
         f"{results.name}: completed configurations, {where}; mean ± std over folds, "
-        "best score first, best of each row in bold"
+        "best score first, best of each row in bold; the score's paired difference to the "
+        f"best, its 95% interval and verdict (rope ±{rope:g})"
     )
-    tables = [comparison_report_table(summary, labels, title, level)] if len(summary) else []
+    tables = (
+        [comparison_report_table(summary, labels, title, level, stats if len(stats) else None)]
+        if len(summary)
+        else []
+    )
+    if len(stats) and len(summary) > 1:
+        title = (
+            f"{results.name}: every configuration against the best, paired by fold ({where}): "
+            "corrected resampled t-test (Nadeau & Bengio 2003) and Bayesian correlated t-test "
+            f"(Benavoli et al. 2017), rope ±{rope:g}"
+        )
+        tables.append(statistics_report_table(stats, labels, level, title))
+    recall = recall_report_table(
+        selected,
+        list(summary.index),
+        labels,
+        f"{results.name}: recall of each pattern, validation, patch level, {EPOCHS[epoch]}; "
+        "mean ± std over folds",
+    )
+    if recall is not None and len(summary):
+        tables.append(recall)
+    if results.test is not None and len(results.test):
+        test = results.test
+        title = (
+            f"{results.name}: the chosen configuration ({labels.get(test.trial_id.iloc[0], '?')})"
+            f" on {int(test.test_patients.iloc[0])} held-out patients, beside its "
+            "cross-validated estimate (last epoch, mean ± std over folds)"
+        )
+        tables.append(test_report_table(test, title))
     stopped = stopped_trials(trials, summarise(select_epochs(results.epochs, level), level))
     if len(stopped):
         title = (
@@ -467,13 +670,14 @@ def build_tables(
         )
         for trial_id in summary.index
     ]
-    return tables, folds, summary
+    return Built(tables, folds, summary, stats, sentences, selected)
 
 
 def draw_figures(
-    results: Results, out: Path, epoch: str, summary: pd.DataFrame, suffix: str
+    results: Results, out: Path, level: str, epoch: str, built: Built, suffix: str
 ) -> tuple[dict[str, list[Path]], list[str]]:
     """Every PNG of the report, by section, and notes on what could not be drawn."""
+    summary = built.summary
     labels = configuration_labels(results.trials, results.keys)
     epochs = results.epochs
     figures: dict[str, list[Path]] = {"training curves": [], "task weights": []}
@@ -494,6 +698,27 @@ def draw_figures(
             plots.task_weights(epochs, shown, title, out / "weights.png")
         )
     selected = select_epochs(epochs, "patch", epoch)
+    figures["comparison"] = []
+    if len(built.stats) and "score" in set(built.stats.metric):
+        ratio = 1 / (max(results.num_folds or built.selected.fold.nunique(), 2) - 1)
+        figures["comparison"].append(
+            plots.score_intervals(
+                built.selected, built.stats, labels, ratio,
+                f"{results.name}: score of each completed configuration, {LEVELS[level]}, "
+                f"{EPOCHS[epoch]}; colour: verdict against the best",
+                out / f"intervals{suffix}.png",
+            )
+        )  # fmt: skip
+    if len(summary) and f"recall_{PATTERNS[0]}" in selected:
+        shown = labels[summary.index[: CONFUSION_FIGURES * 2]]
+        figures["comparison"].append(
+            plots.pattern_recall(
+                selected, shown,
+                f"{results.name}: recall of each pattern (validation, patch level, "
+                f"{EPOCHS[epoch]}); bars: mean over folds, lines: min to max",
+                out / f"recall{suffix}.png",
+            )
+        )  # fmt: skip
     figures["confusion matrices"] = [
         plots.confusion_matrices(
             selected[selected.trial_id == trial_id],
@@ -527,7 +752,7 @@ def score_note(results: Results) -> str | None:
 
 
 def markdown_report(
-    results: Results, level: str, epoch: str, tables, folds, best: str, figures, notes
+    results: Results, level: str, epoch: str, tables, folds, best: str, figures, notes, words=()
 ) -> str:
     parts = [
         f"# Study report: {results.name}\n",
@@ -539,7 +764,8 @@ def markdown_report(
         parts.append(NO_VOTED_PIXELS + "\n")
     if score_note(results):
         parts.append(score_note(results) + "\n")
-    parts += [best + "\n", *(markdown_table(t) for t in tables), "## Per fold\n"]
+    parts += [best + "\n", *(w + "\n" for w in words)]
+    parts += [*(markdown_table(t) for t in tables), "## Per fold\n"]
     parts += [markdown_table(t) for t in folds] or ["No completed configuration.\n"]
     parts.append("## Figures\n")
     for section, paths in figures.items():
@@ -559,6 +785,7 @@ def write_report(
     epoch: str = "final",
     compare_original: bool = False,
     console: Console | None = None,
+    rope: float = DEFAULT_ROPE,
 ) -> list[Path]:
     """Print the report's tables and write report.md, one CSV per table and the PNGs into
     `out` (default: the results folder). Other levels or epochs than patch/final get a
@@ -571,7 +798,8 @@ def write_report(
     out = Path(out) if out is not None else results.path
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if (level, epoch) == ("patch", "final") else f"-{level}-{epoch}"
-    tables, folds, summary = build_tables(results, level, epoch, compare_original)
+    built = build_tables(results, level, epoch, compare_original, rope)
+    tables, folds, summary = built.tables, built.folds, built.summary
     labels = configuration_labels(results.trials, results.keys)
     if len(summary):
         best_id = summary.index[0]
@@ -581,7 +809,8 @@ def write_report(
         )
     else:
         best = "no completed configuration"
-    figures, notes = draw_figures(results, out, epoch, summary, suffix)
+    figures, notes = draw_figures(results, out, level, epoch, built, suffix)
+    words = [*built.sentences, *test_notes(results)]
 
     written = [p for paths in figures.values() for p in paths]
     for table in [*tables, *folds]:
@@ -589,22 +818,56 @@ def write_report(
         table.numbers.to_csv(path, index=table.numbers.index.name is not None)
         written.append(path)
     report = out / f"report{suffix}.md"
-    report.write_text(markdown_report(results, level, epoch, tables, folds, best, figures, notes))
+    report.write_text(
+        markdown_report(results, level, epoch, tables, folds, best, figures, notes, words)
+    )
     written.append(report)
 
+    # On the screen, the per-fold detail first and the conclusions last, where a user looks.
     console = console or Console()
-    for table in tables[:1] + folds[:CONSOLE_FOLD_TABLES] + tables[1:]:
+    for table in folds[:CONSOLE_FOLD_TABLES]:
         console.print(rich_table(table))
     if len(folds) > CONSOLE_FOLD_TABLES:
         console.print(f"({len(folds) - CONSOLE_FOLD_TABLES} more per-fold tables in {report})")
-    for note in (NO_VOTED_PIXELS if level != "patch" else None, score_note(results)):
+    on_screen = [screen_view(t) for t in tables[1:] if t.name != "differences"]
+    if tables and len(built.stats) and len(summary) > SCREEN_COLUMNS:
+        # Too many configurations side by side for a terminal: ranked, one per row.
+        title = tables[0].title.split(";")[0] + "; ranked by score (mean ± std over folds)"
+        on_screen.append(ranking_report_table(summary, built.stats, labels, title))
+    else:
+        on_screen += tables[:1]
+    for table in on_screen:
+        console.print(rich_table(table))
+    for note in (NO_VOTED_PIXELS if level != "patch" else None, score_note(results), *words):
         if note:
-            console.print(note)
+            console.print(escape(note))
     console.print(f"[bold]{escape(best)}[/]")
     for note in notes:
         console.print(f"note: {escape(note)}")
     console.print(f"report: {report}")
     return written
+
+
+def screen_view(table: ReportTable) -> ReportTable:
+    """What the terminal shows of a table: the test table's main rows (report.md has all)."""
+    if table.name != "test":
+        return table
+    keep = table.numbers.metric.isin(SCREEN_TEST_METRICS).to_numpy()
+    return dataclasses.replace(table, cells=table.cells[keep])
+
+
+def test_notes(results: Results) -> list[str]:
+    """What the test set says about the chosen configuration, or why there is none."""
+    if results.test is not None and len(results.test):
+        return [optimism_sentence(results.test)]
+    if not results.held_out:
+        return [
+            "This study held no patients out of its folds (test_patients=0; the paper preset "
+            "does so, as the original used every patient): its best cross-validated score "
+            "chose the best configuration and is biased upwards by that choice; no unbiased "
+            "estimate of it exists. Use --test-patients 0.2 for one."
+        ]
+    return ["The study holds patients out, but has no test estimate yet (test.parquet)."]
 
 
 # ---- Command line. ----

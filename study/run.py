@@ -14,13 +14,14 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.progress import Progress
 
-from mtl.data import build_synthetic_store, fold_names, open_store
+from mtl.data import build_synthetic_store, holdout_patients, open_store, split_label
 from mtl.train import split_rows
 from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset
 from study.storage import (
@@ -95,6 +96,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="override a training field, e.g. --set epochs=3 (repeatable)",
     )
+    p.add_argument(
+        "--test-patients",
+        type=float,
+        metavar="FRACTION",
+        help="hold this fraction of the patients out of every fold (stratified by pattern) "
+        "and evaluate the best configuration on them at the end (default: the preset's; "
+        "demo and search 0.2, paper 0)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="repeated cross-validation: this many k-fold splits with different seeds "
+        "(default 1; needs --set folds=stratified)",
+    )
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
     return p.parse_args(argv)
 
@@ -110,6 +125,8 @@ def resolve_study(args: argparse.Namespace) -> StudyConfig:
         "num_samples": args.num_samples,
         "max_concurrent": args.max_concurrent,
         "gpus_per_fold": args.gpus_per_fold,
+        "test_patients": args.test_patients,
+        "repeats": args.repeats,
     }
     return dataclasses.replace(study, **{k: v for k, v in changes.items() if v is not None})
 
@@ -132,15 +149,29 @@ def prepare_data(study: StudyConfig, results: Path) -> StudyConfig:
                     path, spec, progress=lambda n: progress.advance(task, n)
                 )
         study = dataclasses.replace(study, train=study.train.replace(data=str(path)))
+    if study.test_patients:
+        # Chosen once, before any trial, and written into study.json as patient ids: every
+        # trial (and a resumed study) holds out the same patients.
+        held_out = holdout_patients(store.index, study.test_patients, study.train.fold_seed)
+        if study.train.held_out and tuple(study.train.held_out) != held_out:
+            raise ValueError(
+                "test_patients and held_out both choose a test set, and they differ: give one"
+            )
+        study = dataclasses.replace(study, train=study.train.replace(held_out=held_out))
+    unknown = set(study.train.held_out) - set(store.index.patient)
+    if unknown:
+        raise ValueError(f"held_out: patients {sorted(unknown)[:5]} are not in {store.path}")
     for config in study.train_configs():
         if store.size != config.image_size:
             raise ValueError(
                 f"image_size is {config.image_size} but {store.path} holds {store.size} px patches"
             )
-        for fold in fold_names(config.num_folds):
-            train, val = split_rows(config, store.index, fold)
+        for label in study.folds:
+            repeat, fold = split_label(label)
+            split = config.replace(fold_seed=config.fold_seed + repeat)
+            train, val = split_rows(split, store.index, fold)
             if not len(val) or len(train) < config.batch_size:
-                raise ValueError(f"fold {fold} of {store.path} is too small to train or validate")
+                raise ValueError(f"fold {label} of {store.path} is too small to train or validate")
     return study
 
 
@@ -194,7 +225,7 @@ def fold_placement(study: StudyConfig) -> tuple[object, dict | None, int]:
     if gpus == 0 and not study.fold_resources:
         return {"cpu": study.cpus_per_trial}, None, max(1, int(study.cpus_per_trial))
     bundle = {"CPU": study.cpus_per_fold, "GPU": gpus, **study.fold_resources}
-    folds = fold_names(study.train.num_folds)
+    folds = study.folds
     # An empty head bundle: the trial itself only coordinates; bundle i is fold i's.
     resources = tune.PlacementGroupFactory(
         [{}] + [bundle] * len(folds), strategy=study.fold_strategy
@@ -228,7 +259,7 @@ def build_tuner(
         tune.with_parameters(
             run_trial,
             base=study.train,
-            folds=fold_names(study.train.num_folds),
+            folds=study.folds,
             score_metrics=study.score_metrics,
             store_hash=open_store(fetch_store(study.train.data, store_cache())).content_hash,
             actor_options=actor_options,
@@ -243,7 +274,7 @@ def build_tuner(
         )
     if study.space:
         search_alg, param_space = (
-            optuna_search(study.name, folder, study.seed),
+            optuna_search(study.name, folder, study.seed, study.warm_start),
             tune_space(study.space),
         )
     else:
@@ -314,7 +345,31 @@ def run_study(
     build_tuner(study, folder, experiment, resume=resume, verbose=verbose, trainer=trainer).fit()
     epochs, trials = (pd.read_parquet(folder / f"{t}.parquet") for t in ("epochs", "trials"))
     drop_checkpoints(f"{experiment}/tune", trials, study.keep_checkpoints)
+    finish(study, folder, epochs, trials)
     return epochs, trials
+
+
+def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.DataFrame) -> None:
+    """After the trials: the fold-paired statistics (stats.parquet, stats.csv) and, with a
+    test set, the chosen configuration's test estimate (test.parquet)."""
+    from study.holdout import evaluate_test_set
+    from study.stats import compare_to_best, study_per_fold, write_stats
+
+    per_fold = study_per_fold(epochs, trials)
+    if len(per_fold):
+        stats = compare_to_best(per_fold, folds_per_repeat=study.train.num_folds)
+        write_stats(stats, folder)
+    (folder / "test.parquet").unlink(missing_ok=True)  # never a stale one beside new trials
+    if not study.train.held_out:
+        return
+    if not (trials.status == "completed").any():
+        console.print("no completed trial: no test estimate")
+        return
+    with console.status("test estimate: the best configuration on the held-out patients"):
+        try:
+            evaluate_test_set(folder, study.name, study.repeats, study.seed)
+        except FileNotFoundError as error:  # e.g. checkpoints kept on s3://, not here
+            console.print(f"[yellow]no test estimate:[/yellow] {error}")
 
 
 def drop_checkpoints(experiment: str, trials: pd.DataFrame, keep: int) -> list[str]:
@@ -350,6 +405,7 @@ def drop_checkpoints(experiment: str, trials: pd.DataFrame, keep: int) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()
     args = parse_args(argv)
     results = Path(args.results)
     try:
@@ -391,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
 
     write_report(results / study.name, console=console)
     console.print(f"results, report and plots: {(results / study.name).resolve()}")
+    minutes, seconds = divmod(round(time.monotonic() - started), 60)
+    console.print(f"elapsed: {minutes} min {seconds:02d} s")
     failed = trials[trials.status == "errored"]
     for row in failed.itertuples():
         console.print(f"[red]trial {row.trial_id} failed:[/red] {row.error}")

@@ -6,7 +6,7 @@ into Tune's, which Ray's Optuna searcher converts into Optuna distributions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +94,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-def optuna_search(name: str, folder: Path, seed: int) -> PruneAwareOptunaSearch:
+def optuna_search(
+    name: str, folder: Path, seed: int, warm_start: Sequence[Mapping] = ()
+) -> PruneAwareOptunaSearch:
     """An Optuna searcher whose study lives in FOLDER/optuna.db (SQLite).
 
     `optuna-dashboard sqlite:///FOLDER/optuna.db` and Optuna's plots open it, and a later
@@ -108,6 +110,8 @@ def optuna_search(name: str, folder: Path, seed: int) -> PruneAwareOptunaSearch:
         sampler=optuna.samplers.TPESampler(seed=seed),
         study_name=name,
         storage=storage,
+        # Enqueued in the Optuna study: the first trials evaluate these, in this order.
+        points_to_evaluate=[dict(p) for p in warm_start] or None,
     )
 
 

@@ -23,7 +23,7 @@ from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mtl.config import TrainConfig
-from mtl.data import open_store
+from mtl.data import open_store, split_label
 from mtl.metrics import EpochMetrics
 from mtl.train import FoldTrainer
 from study.results import epoch_report
@@ -48,6 +48,8 @@ class FoldWorker:
     ):
         torch.set_num_threads(threads)
         self.fold = fold
+        # Repeated CV: fold "2C" is fold C of the split drawn with fold_seed + 1.
+        repeat, letter = split_label(fold)
         # A URI is fetched once per node into a local cache; a path must be readable here.
         local = fetch_store(config.data, store_cache())
         found = open_store(local).content_hash
@@ -57,7 +59,8 @@ class FoldWorker:
                 f"node {node}: the store at {config.data} has content hash {found}, "
                 f"the study's is {store_hash}"
             )
-        self.trainer = trainer(config.replace(data=str(local)), fold)
+        config = config.replace(data=str(local), fold_seed=config.fold_seed + repeat)
+        self.trainer = trainer(config, letter)
 
     def run_epoch(self) -> tuple[EpochMetrics, str]:
         _maybe_crash(self.fold, self.trainer.epoch + 1)

@@ -9,7 +9,15 @@ import pandas as pd
 
 from mtl.data.augment import AUGMENTATIONS, build_augmentation
 from mtl.data.dataset import EpochBatches, PatchDataset, collate_batch, make_loader
-from mtl.data.folds import FOLD_SCHEMES, assign_folds, fold_names, reference_patients
+from mtl.data.folds import (
+    FOLD_SCHEMES,
+    assign_folds,
+    fold_labels,
+    fold_names,
+    holdout_patients,
+    reference_patients,
+    split_label,
+)
 from mtl.data.grid import PatchGrid
 from mtl.data.importers import ImportProblems, import_patches, import_specimens
 from mtl.data.store import INDEX_COLUMNS, PatchStore, StoreWriter, open_store
@@ -31,7 +39,10 @@ __all__ = [
     "assign_folds",
     "build_synthetic_store",
     "collate_batch",
+    "fold_labels",
     "fold_names",
+    "holdout_patients",
+    "split_label",
     "import_patches",
     "import_specimens",
     "open_store",

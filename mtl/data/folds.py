@@ -3,6 +3,10 @@
 `seed` reproduces the original study's split (`patient_folds.csv`, shipped with the package);
 `stratified` deals the patients of every (pattern, intensity) stratum round-robin over the
 folds after a seeded shuffle, so strata and fold sizes are balanced to within one patient.
+
+A test set (`holdout_patients`) is chosen before any fold: those patients are in no fold's
+training or validation rows. Repeated cross-validation draws r stratified splits with the
+seeds fold_seed, fold_seed + 1, ...; its folds are labelled `1A`, `1B`, ..., `2A`, ...
 """
 
 from __future__ import annotations
@@ -26,6 +30,43 @@ def reference_patients() -> pd.DataFrame:
 
 def fold_names(k: int) -> tuple[str, ...]:
     return tuple(string.ascii_uppercase[:k])
+
+
+def fold_labels(k: int, repeats: int = 1) -> tuple[str, ...]:
+    """The folds of a (repeated) cross-validation: A..E, or 1A..1E, 2A..2E, ... for repeats."""
+    if repeats == 1:
+        return fold_names(k)
+    return tuple(f"{r + 1}{name}" for r in range(repeats) for name in fold_names(k))
+
+
+def split_label(label: str) -> tuple[int, str]:
+    """`"2C"` -> (1, "C"): the repeat (0-based, so fold_seed + repeat) and the fold letter."""
+    repeat, letter = label[:-1], label[-1]
+    return (int(repeat) - 1 if repeat else 0), letter
+
+
+def holdout_patients(index: pd.DataFrame, fraction: float, seed: int = 0) -> tuple[int, ...]:
+    """A test set: about `fraction` of the patients, stratified by pattern, seeded.
+
+    Every pattern gives its share (largest remainders, so the total is round(fraction * N));
+    a pattern keeps at least one patient in the folds, so training never loses a class that
+    the test set has. Returns the patient ids, sorted.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"test_patients must be a fraction in [0, 1), got {fraction}")
+    patients = patient_labels(index)
+    if fraction == 0:
+        return ()
+    rng = np.random.default_rng(seed)
+    strata = {p: rng.permutation(s.index.to_numpy()) for p, s in patients.groupby("pattern")}
+    quota = {p: fraction * len(members) for p, members in strata.items()}
+    taken = {p: int(q) for p, q in quota.items()}
+    # Largest remainders first; a seeded shuffle breaks ties between equal remainders.
+    order = sorted(rng.permutation(list(strata)), key=lambda p: taken[p] - quota[p])
+    for p in order[: round(fraction * len(patients)) - sum(taken.values())]:
+        taken[p] += 1
+    chosen = [m for p, s in strata.items() for m in s[: min(taken[p], len(s) - 1)]]
+    return tuple(sorted(int(m) for m in chosen))
 
 
 def patient_labels(index: pd.DataFrame) -> pd.DataFrame:

@@ -76,3 +76,35 @@ def test_bad_overrides_name_the_field(pair, message):
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ValueError, match="demo, smoke, paper, search"):
         get_preset("huge")
+
+
+def test_test_set_repeats_and_warm_start_are_checked_before_any_work():
+    base = smoke()
+    with pytest.raises(ValueError, match=r"test_patients must lie in \[0, 1\)"):
+        StudyConfig(name="s", train=base.train, configurations=base.configurations,
+                    synthetic=base.synthetic, test_patients=1.0)  # fmt: skip
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        StudyConfig(name="s", train=base.train, configurations=base.configurations,
+                    synthetic=base.synthetic, repeats=0)  # fmt: skip
+    # The original fold table is one fixed split: nothing to repeat.
+    with pytest.raises(ValueError, match="folds='seed' is the original study's one fixed"):
+        StudyConfig(name="s", train=base.train.replace(folds="seed"), repeats=3,
+                    configurations=base.configurations, synthetic=base.synthetic)  # fmt: skip
+    repeated = StudyConfig(name="s", train=base.train.replace(num_folds=3),
+                           configurations=base.configurations, synthetic=base.synthetic,
+                           repeats=2)  # fmt: skip
+    assert repeated.folds == ("1A", "1B", "1C", "2A", "2B", "2C")
+    with pytest.raises(ValueError, match="warm_start.*must set exactly the searched fields"):
+        StudyConfig(name="s", train=base.train, space={"alpha": LogUniform(0.1, 1)},
+                    warm_start=({"seg_loss": "dice"},), synthetic=base.synthetic)  # fmt: skip
+
+
+def test_demo_and_search_hold_patients_out_and_paper_does_not():
+    assert get_preset("demo").test_patients == 0.2
+    assert get_preset("search").test_patients == 0.2
+    assert paper().test_patients == 0.0
+    demo = get_preset("demo")
+    # The demo's first trials are the 2 x 2 of balancer and segmentation loss.
+    assert {(p["balancer"], p["seg_loss"]) for p in demo.warm_start} == {
+        (b, s) for b in ("equal", "gradnorm") for s in ("dice", "bce")
+    }

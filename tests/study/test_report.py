@@ -281,7 +281,28 @@ def test_report_writes_every_table_and_figure(results):
     assert comparison[1][0] == "pixel accuracy"
     assert comparison[1][2] == "**0.940 ± 0.032**"  # the best of its row, in bold
     assert comparison[2][1] == "**0.800 ± 0.000**" and comparison[2][2] == "0.700 ± 0.158"
-    stopped = tables[1]
+    # The score's paired difference to the best (t2, 0.8 on every fold). t1's fold scores
+    # are (1.9 + 0.12 i) / 3, so its differences are (-0.5 + 0.12 i) / 3, i = 0..4: mean
+    # -0.0867, sd 0.04 * sqrt(2.5) = 0.0632, corrected scale 0.0632 * sqrt(1/5 + 1/4) =
+    # 0.04243, half-width 2.7764 * 0.04243 = 0.11779: [-0.20446, +0.03113]; P(worse) 0.93.
+    rows = {row[0]: row[1:] for row in comparison}
+    assert rows["score − best"] == ["best", "-0.087"]
+    assert rows["95% interval"] == ["", "[-0.204, +0.031]"]
+    assert rows["verdict"] == ["best", "undecided"]
+    assert (
+        "1 of 1 other configuration cannot be told apart from the best (score, 5 folds): "
+        "0 equivalent within ±0.01, 1 undecided, 0 worse; the smallest difference these folds "
+        "could detect is about 0.12." in report
+    )
+    differences = next(t for t in tables if t[0][-1] == "verdict")
+    assert differences[1][:4] == ["seg_loss=dice, alpha=0.06", "score (mean of first 3)", "5",
+                                  "-0.087"]  # fmt: skip
+    recall = next(t for t in tables if t[0][1:] == list(PATTERNS))
+    assert recall[1][0] == "seg_loss=bce, alpha=0.06" and recall[1][1] == "0.800 ± 0.000"
+    check_png(results / "intervals.png", "intervals")
+    check_png(results / "recall.png", "recall")
+    assert "held no patients out of its folds" in report  # and so: selection-biased
+    stopped = next(t for t in tables if t[0][1] == "trial")
     assert [r[1] for r in stopped[1:]] == ["t3", "t4"]
     assert [r[3] for r in stopped[1:]] == ["1 of 30", "0 of 30"]
     assert stopped[2][5] == "RuntimeError: out of \\| memory"  # first line, pipe escaped
@@ -294,6 +315,7 @@ def test_report_writes_every_table_and_figure(results):
     assert csv.at["pattern_acc", "std"] == pytest.approx(math.sqrt(0.025))
     printed = out.getvalue()
     assert "best configuration: seg_loss=bce, alpha=0.06" in printed
+    assert "undecided" in printed and "cannot be told apart" in printed
     assert "pattern accuracy" in printed and "pruned and errored" in printed
 
 
@@ -326,22 +348,35 @@ def test_optuna_figures_and_a_note_when_too_few_trials(results, tmp_path):
 
     def objective(trial):
         dice = trial.suggest_categorical("seg_loss", ["dice", "bce"]) == "dice"
-        return trial.suggest_float("alpha", 0.01, 3, log=True) / 3 + 0.1 * dice
+        value = trial.suggest_float("alpha", 0.01, 3, log=True) / 3 + 0.1 * dice
+        for epoch in (1, 2):  # per-epoch scores, as a study's trials report them
+            trial.report(value * epoch / 2, epoch)
+        return value
 
     one = optuna.create_study(direction="maximize")
     one.optimize(objective, n_trials=1)
     paths, notes = plots.optuna_figures(one, tmp_path)
-    assert [p.name for p in paths] == ["optuna_history.png", "optuna_parallel.png"]
+    assert [p.name for p in paths] == [
+        "optuna_intermediate.png",
+        "optuna_history.png",
+        "optuna_parallel.png",
+    ]
     assert notes == [
         "parameter importances (fANOVA): needs 2 completed trials with parameters, the study has 1"
     ]
+    silent = optuna.create_study(direction="maximize")
+    silent.optimize(lambda t: t.suggest_float("alpha", 0.01, 3), n_trials=1)
+    assert plots.optuna_figures(silent, tmp_path)[1][0] == (
+        "intermediate values (every trial, pruned ones included): no trial reported an "
+        "intermediate value"
+    )
 
     storage = f"sqlite:///{results / 'optuna.db'}"
     study = optuna.create_study(storage=storage, study_name="hand", direction="maximize")
     study.optimize(objective, n_trials=6)
     write_report(results, console=Console(file=io.StringIO()))
     report = (results / "report.md").read_text()
-    for name in ("history", "importances", "parallel"):
+    for name in ("intermediate", "history", "importances", "parallel"):
         check_png(results / f"optuna_{name}.png", "optuna")
         assert f"![optuna_{name}](optuna_{name}.png)" in report
     assert "Optuna" not in report.split("### Optuna")[1]  # no note: every figure drawn

@@ -1,0 +1,100 @@
+"""The test estimate: the chosen configuration's fold ensemble on the held-out patients.
+
+A study with a test set (`StudyConfig.test_patients`, resolved into `train.held_out` before
+the search) ends by evaluating the best completed trial (highest cross-validated score) on
+patients that no fold trained or validated on, and search and pruning never saw. Its
+cross-validated estimate is biased upwards by the selection; the test estimate is not. The
+difference of the two (cv - test) is the optimism of the selection.
+
+test.parquet, one row per metric (mtl.evaluate.HELDOUT_METRICS): study, trial_id, level,
+metric, cv (fold mean at the last epoch), cv_std, test, ci_low, ci_high (95% bootstrap
+interval over test patients), optimism (cv - test), test_patients, test_images,
+test_patches, folds (models in the ensemble).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mtl.data import fold_labels, open_store
+from mtl.evaluate import bootstrap, load_models, patient_sums
+from mtl.tables import write_parquet
+from mtl.train import heldout_rows, resolve_device
+from study.export import choose_trial, fold_model, trial_checkpoint, trial_config
+from study.stats import SCORE_METRICS
+
+TEST_COLUMNS = (
+    "study", "trial_id", "level", "metric", "cv", "cv_std", "test", "ci_low", "ci_high",
+    "optimism", "test_patients", "test_images", "test_patches", "folds",
+)  # fmt: skip
+RESAMPLES = 2000
+
+
+def evaluate_test_set(folder: Path, name: str, repeats: int = 1, seed: int = 0) -> pd.DataFrame:
+    """Evaluate the study's best completed trial on its held-out patients; write and return
+    test.parquet. ValueError when the study has no test set or no completed trial."""
+    folder = Path(folder)
+    trials = pd.read_parquet(folder / "trials.parquet")
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    best = choose_trial(trials, "best")
+    config = trial_config(best)
+    if not config.held_out:
+        raise ValueError("the study holds no patients out (test_patients=0): no test estimate")
+    store = open_store(config.data)
+    rows = heldout_rows(config, store.index)
+    checkpoint = trial_checkpoint(folder, best.trial_id)
+    folds = fold_labels(config.num_folds, repeats)
+    device = resolve_device(config.device)
+    models = load_models(config, [fold_model(checkpoint, f) for f in folds], device)
+    sums = patient_sums(config, models, store, rows, device)
+    test = bootstrap(sums, RESAMPLES, seed).set_index("metric")
+    cv = cross_validated(epochs, best.trial_id, list(test.index))
+    table = pd.DataFrame(
+        {
+            "study": name,
+            "trial_id": best.trial_id,
+            "level": test.level,
+            "metric": test.index,
+            "cv": cv["mean"].reindex(test.index),
+            "cv_std": cv["std"].reindex(test.index),
+            "test": test.value,
+            "ci_low": test.ci_low,
+            "ci_high": test.ci_high,
+            "optimism": cv["mean"].reindex(test.index) - test.value,
+            "test_patients": len(sums),
+            "test_images": int(sums["images"].sum()),
+            "test_patches": int(sums["patches"].sum()),
+            "folds": len(folds),
+        }
+    ).reset_index(drop=True)[list(TEST_COLUMNS)]
+    write_parquet(table, folder / "test.parquet")
+    return table
+
+
+def cross_validated(epochs: pd.DataFrame, trial_id: str, metrics: list[str]) -> pd.DataFrame:
+    """Mean and std over folds of each metric of one trial at its last epoch (validation)."""
+    val = epochs[(epochs.trial_id == trial_id) & (epochs.split == "val")]
+    last = val[val.epoch == val.groupby("fold").epoch.transform("max")].copy()
+    last["score"] = last[list(SCORE_METRICS)].mean(axis=1, skipna=False)
+    present = [m for m in metrics if m in last]
+    return pd.DataFrame({"mean": last[present].mean(), "std": last[present].std(ddof=1)})
+
+
+def optimism_sentence(table: pd.DataFrame, metric: str = "score") -> str:
+    """One line: the cross-validated and the test estimate of the chosen configuration."""
+    row = table.set_index("metric").loc[metric]
+    interval = f"95% bootstrap interval {row.ci_low:.3f} to {row.ci_high:.3f}"
+    inside = row.ci_low <= row.cv <= row.ci_high
+    verdict = (
+        "the cross-validated estimate lies inside it"
+        if inside
+        else "the cross-validated estimate lies outside it"
+    )
+    return (
+        f"Test estimate of the chosen configuration ({row.test_patients} held-out patients, "
+        f"{row.folds} fold models as one ensemble): {metric} {row.test:.3f} ({interval}); "
+        f"cross-validated {row.cv:.3f}, optimism of the selection {row.optimism:+.3f} "
+        f"({verdict})."
+    )
