@@ -23,11 +23,15 @@ from common import random_batch  # bench/common.py, beside this script
 from rich.console import Console
 from rich.table import Table
 
-from mtl.balancing import BALANCERS, build_balancer
-from mtl.config import TrainConfig, tiny
-from mtl.losses import task_losses
-from mtl.model import MultiTaskUNet
-from mtl.train import resolve_device
+from mtl import (
+    BALANCERS,
+    MultiTaskUNet,
+    TrainConfig,
+    build_balancer,
+    resolve_device,
+    task_losses,
+    tiny,
+)
 
 MODELS = {
     "tiny": lambda: tiny(),

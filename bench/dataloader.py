@@ -23,13 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mtl.data import (
-    PatchDataset,
-    SynthSpec,
-    build_augmentation,
-    build_synthetic_store,
-    make_loader,
-)
+from mtl import PatchDataset, SynthSpec, build_augmentation, build_synthetic_store, make_loader
 
 
 class PngDataset(torch.utils.data.Dataset):

@@ -33,10 +33,7 @@ from common import random_batch  # bench/common.py, beside this script
 from rich.console import Console
 from rich.table import Table
 
-from mtl.balancing import GradNorm
-from mtl.config import TrainConfig
-from mtl.losses import task_losses
-from mtl.model import MultiTaskUNet
+from mtl import GradNorm, MultiTaskUNet, TrainConfig, task_losses
 
 VARIANTS = {  # name -> (bf16 autocast, channels_last, torch.compile)
     "fp32": (False, False, False),

@@ -24,10 +24,14 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from mtl.config import TrainConfig
-from mtl.data import SynthSpec, build_synthetic_store
-from mtl.losses import task_losses
-from mtl.train import FoldTrainer
+from mtl import (
+    FoldTrainer,
+    SynthSpec,
+    TrainConfig,
+    build_synthetic_store,
+    task_losses,
+    train_epochs,
+)
 
 
 def bare_epoch(model, optimizer, train_batches, val_batches, seg_loss: str) -> None:
@@ -74,12 +78,13 @@ def main(argv: list[str] | None = None) -> dict:
         val_batches = list(trainer.val_loader)
 
         engine, bare = [], []
+        engine_epochs = train_epochs(trainer, config.epochs)  # the engine's own loop
         for epoch in range(1, args.epochs + 2):  # the first epoch of each side warms up
             # The bare loop gets this epoch's batches, in the engine's order, in memory.
             trainer.train_loader.batch_sampler.set_epoch(epoch)
             train_batches = list(trainer.train_loader)
             start = time.perf_counter()
-            trainer.run_epoch()
+            next(engine_epochs)
             engine.append(time.perf_counter() - start)
             start = time.perf_counter()
             bare_epoch(model, optimizer, train_batches, val_batches, config.seg_loss)

@@ -35,11 +35,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mtl.labels import INTENSITIES, PATTERNS
-from mtl.metrics import EpochMetrics, SplitMetrics
+from mtl import INTENSITIES, PATTERNS, EpochMetrics, SplitMetrics
 from study.presets import StudyConfig, grid, smoke
-from study.run import prepare_data, run_study
 from study.search import Choice, IntRange
+from study.tuner import prepare_data, run_study
 
 TOLERANCE = 0.01
 

@@ -1,0 +1,152 @@
+"""mtl: the science of one multi-task U-Net (data, model, losses, balancers, metrics, the
+training of one fold). No Ray, no Optuna.
+
+The names below are mtl's public interface: `study`, the benches and their tests import
+them from here (`from mtl import FoldTrainer`) and nothing else of mtl, which
+`tests/test_layering.py` checks. The contract between the packages is the trainer
+(`Trainer`, `FoldTrainer`, `train_epochs`) and what it returns (`EpochMetrics`).
+
+Names are loaded on first use (PEP 562), so `from mtl import SCORE_METRICS` reads the
+torch-free schema without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# name -> the module that defines it
+_PUBLIC = {
+    # configuration
+    "TrainConfig": "mtl.config",
+    "TRAIN_PRESETS": "mtl.config",
+    "original": "mtl.config",
+    "small": "mtl.config",
+    "tiny": "mtl.config",
+    "parse_overrides": "mtl.config",
+    "overrides_help": "mtl.config",
+    "choices": "mtl.config",
+    # the result schema (no torch)
+    "EpochMetrics": "mtl.schema",
+    "SplitMetrics": "mtl.schema",
+    "TASKS": "mtl.schema",
+    "VOTE_LEVELS": "mtl.schema",
+    "SCORE_METRICS": "mtl.schema",
+    "CV_METRICS": "mtl.schema",
+    "METRIC_LEVELS": "mtl.schema",
+    "ID_COLUMNS": "mtl.schema",
+    "score": "mtl.schema",
+    "PATTERNS": "mtl.labels",
+    "INTENSITIES": "mtl.labels",
+    "epoch_frame": "mtl.tables",
+    "order_columns": "mtl.tables",
+    "write_parquet": "mtl.tables",
+    "write_csv": "mtl.tables",
+    # data
+    "SynthSpec": "mtl.data",
+    "PatchStore": "mtl.data",
+    "PatchGrid": "mtl.data",
+    "build_synthetic_store": "mtl.data",
+    "open_store": "mtl.data",
+    "content_hash": "mtl.data.store",
+    "fold_labels": "mtl.data",
+    "split_label": "mtl.data",
+    "holdout_patients": "mtl.data",
+    "PatchDataset": "mtl.data",
+    "build_augmentation": "mtl.data",
+    "make_loader": "mtl.data",
+    # the trainer contract and the one epoch loop
+    "Trainer": "mtl.trainer",
+    "FoldTrainer": "mtl.trainer",
+    "open_trainer": "mtl.trainer",
+    "train_epochs": "mtl.trainer",
+    "checkpoint_due": "mtl.trainer",
+    "checkpoint_name": "mtl.trainer",
+    "read_checkpoint": "mtl.trainer",
+    "checkpoint_bytes": "mtl.trainer",
+    "write_checkpoint": "mtl.trainer",
+    "split_rows": "mtl.trainer",
+    "heldout_rows": "mtl.trainer",
+    "resolve_device": "mtl.trainer",
+    "train_fold": "mtl.train",
+    # model, losses, balancers (for the benches)
+    "MultiTaskUNet": "mtl.model",
+    "MultiTaskOutput": "mtl.model",
+    "task_losses": "mtl.losses",
+    "BALANCERS": "mtl.balancing",
+    "GradNorm": "mtl.balancing",
+    "build_balancer": "mtl.balancing",
+    # held-out evaluation and prediction
+    "load_models": "mtl.evaluate",
+    "patient_sums": "mtl.evaluate",
+    "bootstrap": "mtl.evaluate",
+    "MODEL_FORMAT": "mtl.predict",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'mtl' has no public name {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time names load on first use
+    from mtl.balancing import BALANCERS, GradNorm, build_balancer
+    from mtl.config import (
+        TRAIN_PRESETS,
+        TrainConfig,
+        choices,
+        original,
+        parse_overrides,
+        small,
+        tiny,
+    )
+    from mtl.data import (
+        PatchGrid,
+        PatchStore,
+        SynthSpec,
+        build_synthetic_store,
+        fold_labels,
+        holdout_patients,
+        open_store,
+        split_label,
+    )
+    from mtl.data.store import content_hash
+    from mtl.evaluate import bootstrap, load_models, patient_sums
+    from mtl.labels import INTENSITIES, PATTERNS
+    from mtl.losses import task_losses
+    from mtl.model import MultiTaskOutput, MultiTaskUNet
+    from mtl.predict import MODEL_FORMAT
+    from mtl.schema import (
+        CV_METRICS,
+        ID_COLUMNS,
+        METRIC_LEVELS,
+        SCORE_METRICS,
+        TASKS,
+        VOTE_LEVELS,
+        EpochMetrics,
+        SplitMetrics,
+        score,
+    )
+    from mtl.tables import epoch_frame, order_columns, write_csv, write_parquet
+    from mtl.train import train_fold
+    from mtl.trainer import (
+        FoldTrainer,
+        Trainer,
+        checkpoint_due,
+        checkpoint_name,
+        heldout_rows,
+        open_trainer,
+        read_checkpoint,
+        resolve_device,
+        split_rows,
+        train_epochs,
+        write_checkpoint,
+    )

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mtl.config import ALPHA, BALANCER_LR
+
 
 class Balancer(nn.Module):
     """Shared plumbing: the non-finite guard and the skip counter."""
@@ -52,7 +54,11 @@ class Balancer(nn.Module):
         return self._backward(losses, values)
 
     def _backward(self, losses: tuple[torch.Tensor, ...], values: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """sum_i w_i L_i with the weights as constants: the step of the balancers whose
+        weights are not learned by gradient (equal, DWA); the others override it."""
+        total = (self.weights * torch.stack(losses)).sum()
+        total.backward()
+        return total.detach()
 
     def end_epoch(self, mean_task_losses: Sequence[float]) -> None:
         del mean_task_losses
@@ -79,11 +85,6 @@ class EqualWeights(Balancer):
     def weights(self) -> torch.Tensor:
         return self._weights
 
-    def _backward(self, losses: tuple[torch.Tensor, ...], values: torch.Tensor) -> torch.Tensor:
-        total = (self._weights * torch.stack(losses)).sum()
-        total.backward()
-        return total.detach()
-
 
 class GradNorm(Balancer):
     """GradNorm, Chen, Badrinarayanan, Lee and Rabinovich 2018 (arXiv:1711.02257), exactly.
@@ -108,8 +109,8 @@ class GradNorm(Balancer):
         shared_parameters: Sequence[nn.Parameter],
         *,
         num_tasks: int = 3,
-        alpha: float = 0.12,
-        lr: float = 0.025,
+        alpha: float = ALPHA,
+        lr: float = BALANCER_LR,
         floor: float = 1e-3,
         seg_task: int = 0,
     ):
@@ -187,7 +188,7 @@ class UncertaintyWeights(Balancer):
         shared_parameters: Sequence[nn.Parameter] = (),
         *,
         num_tasks: int = 3,
-        lr: float = 0.025,
+        lr: float = BALANCER_LR,
     ):
         super().__init__(num_tasks)
         self.log_variances = nn.Parameter(torch.zeros(num_tasks))
@@ -231,11 +232,6 @@ class DynamicWeightAverage(Balancer):
     def weights(self) -> torch.Tensor:
         return self._weights
 
-    def _backward(self, losses: tuple[torch.Tensor, ...], values: torch.Tensor) -> torch.Tensor:
-        total = (self._weights * torch.stack(losses)).sum()
-        total.backward()
-        return total.detach()
-
     def end_epoch(self, mean_task_losses: Sequence[float]) -> None:
         latest = torch.as_tensor(
             mean_task_losses, dtype=self.history.dtype, device=self.history.device
@@ -262,8 +258,8 @@ def build_balancer(
     shared_parameters: Sequence[nn.Parameter],
     *,
     num_tasks: int = 3,
-    alpha: float = 0.12,
-    lr: float = 0.025,
+    alpha: float = ALPHA,
+    lr: float = BALANCER_LR,
 ) -> Balancer:
     """The balancer `name`; `alpha` is GradNorm's, `lr` that of the weights' own optimizer."""
     if name not in BALANCERS:

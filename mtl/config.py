@@ -6,19 +6,36 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
 
-SegLoss = Literal["dice", "bce"]
-HeadType = Literal["flatten", "pool"]
-FoldScheme = Literal["stratified", "seed"]
-Device = Literal["auto", "cpu", "cuda"]
-BalancerName = Literal["equal", "gradnorm", "uncertainty", "dwa"]
-Augmentation = Literal["none", "basic"]
-LrSchedule = Literal["constant", "cosine"]
+# A field with a closed set of values takes the names of the registry that builds them (one
+# source: a strategy added there is valid here and listed in every --help). The registries
+# live with torch code; they are imported when a choice is first checked, not on import.
+CHOICES = {
+    "folds": ("mtl.data.folds", "FOLD_SCHEMES"),
+    "augment": ("mtl.data.augment", "AUGMENTATIONS"),
+    "head": ("mtl.model", "HEADS"),
+    "seg_loss": ("mtl.losses", "SEG_LOSSES"),
+    "balancer": ("mtl.balancing", "BALANCERS"),
+    "lr_schedule": ("mtl.trainer", "LR_SCHEDULES"),
+    "device": ("mtl.trainer", "DEVICES"),
+}
+# GradNorm's asymmetry and the task weights' learning rate (GradNorm's paper: 0.025); the
+# balancers take these defaults from here.
+ALPHA = 0.12
+BALANCER_LR = 0.025
+
+
+@cache
+def choices(field: str) -> tuple[str, ...]:
+    """The valid values of a TrainConfig field with a closed set of values."""
+    module, registry = CHOICES[field]
+    return tuple(getattr(importlib.import_module(module), registry))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,41 +48,45 @@ class TrainConfig:
 
     # Data: a patch store made by `python -m mtl.data` (or the synthetic generator).
     data: str = ""
-    folds: FoldScheme = "stratified"
+    folds: str = "stratified"  # choices("folds")
     num_folds: int = 5
     fold_seed: int = 0
     # Patients in no fold, neither trained nor validated on: a study's test set, chosen once
     # before the search (StudyConfig.test_patients), so that the chosen configuration gets an
     # estimate free of the selection's optimism.
     held_out: tuple[int, ...] = ()
-    augment: Augmentation = "none"  # the original study had none
+    augment: str = "none"  # the original study had none
     # Model: an smp U-Net with two classification heads on the bottleneck.
     encoder: str = "efficientnet-b4"
     encoder_depth: int = 5
     encoder_weights: str | None = None  # a local state-dict file; nothing is downloaded
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
-    head: HeadType = "flatten"
+    head: str = "flatten"
     head_hidden: int = 512
     image_size: int = 384
     # Optimisation.
-    seg_loss: SegLoss = "dice"
-    balancer: BalancerName = "equal"
-    alpha: float = 0.12  # GradNorm's asymmetry
-    balancer_lr: float = 0.025  # the task weights' own Adam (GradNorm's paper: 0.025)
+    seg_loss: str = "dice"
+    balancer: str = "equal"
+    alpha: float = ALPHA  # GradNorm's asymmetry
+    balancer_lr: float = BALANCER_LR  # the task weights' own Adam
     epochs: int = 30
     batch_size: int = 8
     lr: float = 1e-4
     # constant (the original; epoch k of a longer run equals a k-epoch run, which ASHA and an
     # epochs search rely on) or cosine decay to zero over `epochs`, per epoch.
-    lr_schedule: LrSchedule = "constant"
+    lr_schedule: str = "constant"
     threshold: float = 0.5  # on the mask probability, for pixel accuracy
     seed: int = 0
-    device: Device = "auto"
+    device: str = "auto"
     num_workers: int = 0  # loader worker processes; 0 reads batches in the training process
     checkpoint_every: int = 1  # epochs between checkpoints (and always after the last)
 
     def __post_init__(self) -> None:
-        _check_literals(self)
+        for name in CHOICES:
+            if getattr(self, name) not in choices(name):
+                raise ValueError(
+                    f"{name} must be one of {', '.join(choices(name))}; got {getattr(self, name)!r}"
+                )
         for name in ("num_folds", "encoder_depth", "head_hidden", "image_size", "epochs",
                      "checkpoint_every"):  # fmt: skip
             _check_positive(name, getattr(self, name))
@@ -136,6 +157,16 @@ def small() -> TrainConfig:
 TRAIN_PRESETS = {"original": original, "small": small, "tiny": tiny}
 
 
+def overrides_help() -> str:
+    """The help of every command's `--set`, with each closed field's choices from its
+    registry."""
+    listed = "; ".join(f"{name}: {'|'.join(choices(name))}" for name in CHOICES)
+    return (
+        f"override a training field (mtl.config.TrainConfig), e.g. --set epochs=5; "
+        f"repeatable. Choices: {listed}"
+    )
+
+
 def parse_overrides(pairs: Sequence[str]) -> dict[str, object]:
     """`["epochs=3", "lr=1e-3"]` -> {"epochs": 3, "lr": 0.001}, typed by TrainConfig's fields.
 
@@ -164,8 +195,6 @@ def parse_value(key: str, text: str, hint: object) -> object:
         (hint,) = [a for a in args if a is not type(None)]
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     try:
-        if origin is typing.Literal:
-            return text
         if origin is tuple:
             return tuple(parse_value(key, part.strip(), args[0]) for part in text.split(","))
         if hint is bool:
@@ -183,21 +212,3 @@ def parse_value(key: str, text: str, hint: object) -> object:
 def _check_positive(name: str, value: float) -> None:
     if not value > 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
-
-
-def _check_literals(config: object) -> None:
-    """Reject a value outside a field's Literal choices, naming the field and the choices."""
-    hints = typing.get_type_hints(type(config))
-    for field in dataclasses.fields(config):
-        choices = _literal_choices(hints[field.name])
-        value = getattr(config, field.name)
-        if choices and value not in choices:
-            raise ValueError(
-                f"{field.name} must be one of {', '.join(map(str, choices))}; got {value!r}"
-            )
-
-
-def _literal_choices(hint: object) -> tuple:
-    if typing.get_origin(hint) is Literal:
-        return typing.get_args(hint)
-    return ()

@@ -25,23 +25,8 @@ from mtl.labels import INTENSITIES, PATTERNS
 from mtl.metrics import vote
 from mtl.model import MultiTaskUNet
 from mtl.predict import ensemble_probabilities
+from mtl.schema import METRIC_LEVELS
 
-# metric -> level; the order of test.parquet's rows. score: the study's (mean of the three).
-HELDOUT_METRICS = {
-    "score": "patch",
-    "pixel_acc": "patch",
-    "dice": "patch",
-    "iou": "patch",
-    "pattern_acc": "patch",
-    "pattern_mca": "patch",
-    "intensity_acc": "patch",
-    "image_pattern_acc": "image",
-    "image_pattern_mca": "image",
-    "image_intensity_acc": "image",
-    "patient_pattern_acc": "patient",
-    "patient_pattern_mca": "patient",
-    "patient_intensity_acc": "patient",
-}
 K = len(PATTERNS)
 
 
@@ -121,7 +106,7 @@ def _confusion_cells(prefix: str, true: np.ndarray, predicted: np.ndarray) -> pd
 
 
 def heldout_metrics(sums: pd.DataFrame, weights: np.ndarray | None = None) -> pd.DataFrame:
-    """Every HELDOUT_METRICS value for each row of `weights` (resamples x patients: how often
+    """Every METRIC_LEVELS value for each row of `weights` (resamples x patients: how often
     each patient of `sums` is drawn; None: each patient once). Columns: the metrics."""
     w = np.ones((1, len(sums))) if weights is None else np.atleast_2d(weights)
     total = pd.DataFrame(w @ sums.to_numpy(dtype=np.float64), columns=sums.columns)
@@ -155,7 +140,7 @@ def heldout_metrics(sums: pd.DataFrame, weights: np.ndarray | None = None) -> pd
             total[f"{level}_intensity_correct"], total[f"{level}s"]
         )
     out["score"] = (out["pixel_acc"] + out["pattern_acc"] + out["intensity_acc"]) / 3
-    return pd.DataFrame(out)[list(HELDOUT_METRICS)]
+    return pd.DataFrame(out)[list(METRIC_LEVELS)]
 
 
 def bootstrap(
@@ -173,8 +158,8 @@ def bootstrap(
         low, high = np.nanpercentile(drawn.to_numpy(), [tail, 100 - tail], axis=0)
     return pd.DataFrame(
         {
-            "metric": list(HELDOUT_METRICS),
-            "level": list(HELDOUT_METRICS.values()),
+            "metric": list(METRIC_LEVELS),
+            "level": list(METRIC_LEVELS.values()),
             "value": point.to_numpy(),
             "ci_low": low,
             "ci_high": high,

@@ -8,8 +8,6 @@ from segmentation_models_pytorch.losses import DiceLoss
 
 from mtl.model import MultiTaskOutput
 
-TASKS = ("seg", "pattern", "intensity")
-
 _dice = DiceLoss(mode="multilabel", from_logits=True)
 
 
@@ -29,13 +27,14 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target.float())
 
 
+# TrainConfig.seg_loss: name -> loss of (mask logits, mask).
 SEG_LOSSES = {"dice": dice_loss, "bce": bce_loss}
 
 
 def task_losses(
     output: MultiTaskOutput, batch: dict[str, torch.Tensor], seg_loss: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three scalar losses of a batch, in TASKS order.
+    """The three scalar losses of a batch, in `mtl.schema.TASKS` order.
 
     Separate tensors, not one stacked tensor: GradNorm differentiates each on its own, and
     the gradient of a slice of a stack would run back through all three tasks' graphs.

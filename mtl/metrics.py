@@ -1,7 +1,4 @@
-"""What an epoch measured, per split, and the sums and votes that produce it.
-
-`EpochMetrics` is the only thing `study` receives from a fold: a frozen dataclass per epoch
-with the training split (running means over the epoch) and the validation split.
+"""The sums and votes that produce an epoch's metrics (`mtl.schema.SplitMetrics`).
 
 Patch level: pixel accuracy over both classes (the original study's "mask accuracy"),
 foreground Dice and IoU over all pixels of the split, pattern accuracy and mean class
@@ -12,10 +9,8 @@ a patient's patches): pattern and intensity by majority vote of the patches.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -23,94 +18,14 @@ import segmentation_models_pytorch as smp
 import torch
 
 from mtl.labels import INTENSITIES, PATTERNS
-from mtl.losses import TASKS
 from mtl.model import MultiTaskOutput
-
-NAN = math.nan
-VOTE_LEVELS = ("image", "patient")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SplitMetrics:
-    patches: int
-    loss: float  # the unweighted sum of the three task losses
-    loss_seg: float
-    loss_pattern: float
-    loss_intensity: float
-    pixel_acc: float  # both classes, as the original study's "mask accuracy"
-    dice: float  # foreground (cells), over all pixels of the split
-    iou: float
-    pattern_acc: float
-    pattern_mca: float  # mean class accuracy: the mean recall of the classes present
-    intensity_acc: float
-    pattern_confusion: tuple[tuple[int, ...], ...]  # 7x7, rows true, columns predicted
-    intensity_confusion: tuple[tuple[int, ...], ...]  # 2x2
-    # Majority votes; validation only (NaN for the training split).
-    image_pattern_acc: float = NAN
-    image_pattern_mca: float = NAN
-    image_intensity_acc: float = NAN
-    patient_pattern_acc: float = NAN
-    patient_pattern_mca: float = NAN
-    patient_intensity_acc: float = NAN
-    patient_pattern_confusion: tuple[tuple[int, ...], ...] = ()  # 7x7, validation only
-    patient_intensity_confusion: tuple[tuple[int, ...], ...] = ()  # 2x2, validation only
-
-    @property
-    def pattern_recall(self) -> tuple[float, ...]:
-        """Recall of every pattern (NaN for a pattern absent from the split)."""
-        return tuple(_recalls(np.asarray(self.pattern_confusion)))
-
-    def flat(self) -> dict[str, float]:
-        """Scalars only: confusion matrices and recalls become one column per cell."""
-        row = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if not f.name.endswith("_confusion")
-        }
-        row.update({f"recall_{p}": r for p, r in zip(PATTERNS, self.pattern_recall, strict=True)})
-        for name, labels in (
-            ("pattern", PATTERNS),
-            ("intensity", INTENSITIES),
-            ("patient_pattern", PATTERNS),
-            ("patient_intensity", INTENSITIES),
-        ):
-            matrix = getattr(self, f"{name}_confusion")  # () for the training split's votes
-            for t, true in enumerate(labels):
-                for p, predicted in enumerate(labels):
-                    row[f"cm_{name}_{true}_{predicted}"] = matrix[t][p] if matrix else NAN
-        return row
-
-
-@dataclass(frozen=True, kw_only=True)
-class EpochMetrics:
-    epoch: int  # 1-based
-    train: SplitMetrics
-    val: SplitMetrics
-    weights: tuple[float, ...]  # task weights at the end of the epoch, TASKS order
-    skipped_steps: int = 0  # steps with a non-finite task loss, left out of the update
-    seconds: float  # training and validation wall time
-
-    def rows(self) -> list[dict]:
-        """One flat row per split, the layout of epochs.parquet."""
-        shared = {f"weight_{task}": w for task, w in zip(TASKS, self.weights, strict=True)}
-        shared["skipped_steps"] = self.skipped_steps
-        shared["seconds"] = self.seconds
-        return [
-            {"epoch": self.epoch, "split": split, **metrics.flat(), **shared}
-            for split, metrics in (("train", self.train), ("val", self.val))
-        ]
-
-
-def _recalls(confusion: np.ndarray) -> np.ndarray:
-    support = confusion.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support > 0, np.diag(confusion) / support, np.nan)
+from mtl.schema import NAN, VOTE_LEVELS, SplitMetrics, recalls
 
 
 def mean_class_accuracy(confusion: np.ndarray) -> float:
     """Mean recall over the classes present: every class counts alike, whatever its size."""
-    recalls = _recalls(confusion)
-    return float(np.nanmean(recalls)) if np.isfinite(recalls).any() else NAN
+    recalls_ = recalls(confusion)
+    return float(np.nanmean(recalls_)) if np.isfinite(recalls_).any() else NAN
 
 
 def confusion(true: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:

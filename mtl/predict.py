@@ -32,7 +32,7 @@ from mtl.data import PatchGrid
 from mtl.data.importers import read_grey
 from mtl.labels import INTENSITIES, PATTERNS
 from mtl.model import MultiTaskUNet
-from mtl.train import resolve_device
+from mtl.trainer import checkpoint_name, read_checkpoint, resolve_device
 
 MODEL_FORMAT = 1
 SPECIMEN_NAME = re.compile(r"(\d+)_p(\d+)")
@@ -60,12 +60,12 @@ class Ensemble:
         self.models = [self._load(fold) for fold in self.meta["folds"]]
 
     def _load(self, fold: str) -> MultiTaskUNet:
-        path = self.folder / f"fold-{fold}.pt"
+        path = self.folder / checkpoint_name(fold)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (model.json lists fold {fold})")
         model = MultiTaskUNet.from_config(self.config.replace(encoder_weights=None))
         try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            model.load_state_dict(read_checkpoint(path))
         except (RuntimeError, ValueError) as error:  # wrong architecture or a damaged file
             raise ValueError(f"{path}: does not fit the model of model.json: {error}") from None
         return model.to(self.device).eval()

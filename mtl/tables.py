@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtl.metrics import EpochMetrics
-
-ID_COLUMNS = ("trial_id", "fold", "epoch", "split")
+from mtl.schema import ID_COLUMNS, EpochMetrics
 
 
 def epoch_frame(trial_id: str, fold: str, epochs: Iterable[EpochMetrics]) -> pd.DataFrame:
@@ -30,4 +28,12 @@ def write_parquet(frame: pd.DataFrame, path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a CSV atomically, as write_parquet does."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    frame.to_csv(tmp, index=False)
     os.replace(tmp, path)

@@ -1,238 +1,49 @@
-"""Training of one fold: `train_fold(config, fold)` yields one EpochMetrics per epoch.
+"""Train one fold on its own: `train_fold(config, fold)` in Python, `python -m mtl.train` on
+the command line (a progress bar, a line per epoch, checkpoints and epochs.parquet).
 
-`FoldTrainer` holds the fold's whole state (model, the network's optimizer, the balancer
-with its own optimizer and L(0), the RNG state, the epoch) and saves it to a checkpoint
-that `torch.load(weights_only=True)` reads back. Data order and augmentation are functions
-of (seed, epoch), so a fold resumed from the checkpoint of epoch k trains epochs k+1.. on a
-CPU exactly as the uninterrupted run does.
+Both go through `mtl.trainer.train_epochs`, the loop the study's fold workers use too.
 """
 
 from __future__ import annotations
 
-import math
+import argparse
+import dataclasses
+import json
 import os
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from mtl.balancing import build_balancer
-from mtl.config import TrainConfig
-from mtl.data import (
-    PatchDataset,
-    PatchStore,
-    assign_folds,
-    build_augmentation,
-    fold_names,
-    make_loader,
-    open_store,
+import pandas as pd
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
 )
-from mtl.losses import task_losses
-from mtl.metrics import EpochMetrics, RunningSums, SplitMetrics, majority_votes
-from mtl.model import MultiTaskUNet
+from rich.table import Table
 
-CHECKPOINT_VERSION = 1
+from mtl.config import TRAIN_PRESETS, TrainConfig, overrides_help, parse_overrides
+from mtl.schema import EpochMetrics
+from mtl.tables import epoch_frame, write_parquet
+from mtl.trainer import checkpoint_due, checkpoint_name, open_trainer, train_epochs
 
+console = Console()
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
-
-
-def split_rows(config: TrainConfig, index, fold: str) -> tuple[np.ndarray, np.ndarray]:
-    """Row numbers of the training and validation patches when `fold` is validated on.
-
-    The patients of `config.held_out` (the test set) are in neither: folds are dealt over
-    the other patients only.
-    """
-    names = fold_names(config.num_folds)
-    if fold not in names:
-        raise ValueError(f"fold must be one of {', '.join(names)}, got {fold!r}")
-    in_folds = ~index.patient.isin(config.held_out).to_numpy()
-    folds = assign_folds(index[in_folds], config.folds, k=config.num_folds, seed=config.fold_seed)
-    patient_fold = index.patient.map(folds).to_numpy()
-    validate = in_folds & (patient_fold == fold)
-    return np.flatnonzero(in_folds & ~validate), np.flatnonzero(validate)
-
-
-def heldout_rows(config: TrainConfig, index) -> np.ndarray:
-    """Row numbers of the held-out (test) patients' patches."""
-    return np.flatnonzero(index.patient.isin(config.held_out).to_numpy())
-
-
-def open_checked_store(config: TrainConfig) -> PatchStore:
-    if not config.data:
-        raise ValueError("config.data must name a patch store (python -m mtl.data)")
-    store = open_store(config.data)
-    if store.size != config.image_size:
-        raise ValueError(
-            f"image_size is {config.image_size} but the store {config.data} holds "
-            f"{store.size}x{store.size} patches"
-        )
-    return store
-
-
-def learning_rate(config: TrainConfig, epoch: int) -> float:
-    """The network's learning rate during `epoch` (1-based); a function of the epoch alone."""
-    if config.lr_schedule == "cosine":
-        return config.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / config.epochs))
-    return config.lr
-
-
-class FoldTrainer:
-    """Trains on every fold but `fold` and validates on `fold`, one epoch per `run_epoch()`."""
-
-    def __init__(self, config: TrainConfig, fold: str, store: PatchStore | None = None):
-        self.config, self.fold = config, fold
-        self.store = store or open_checked_store(config)
-        train_rows, val_rows = split_rows(config, self.store.index, fold)
-        if len(train_rows) < config.batch_size:
-            raise ValueError(f"fold {fold}: {len(train_rows)} training patches, fewer than a batch")
-        if not len(val_rows):
-            raise ValueError(f"fold {fold} has no patients in {config.data}")
-        self.val_index = self.store.index.iloc[val_rows].reset_index(drop=True)
-
-        self.device = resolve_device(config.device)
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.backends.cudnn.benchmark = True  # fixed shapes: training drops the last batch
-        torch.manual_seed(config.seed)
-        self.model = MultiTaskUNet.from_config(config).to(self.device)
-        if cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=cuda)
-        self.balancer = build_balancer(
-            config.balancer,
-            self.model.shared_parameters(),
-            alpha=config.alpha,
-            lr=config.balancer_lr,
-        ).to(self.device)
-        options = {"num_workers": config.num_workers, "pin_memory": cuda, "seed": config.seed}
-        augment = build_augmentation(config.augment)
-        self.train_loader = make_loader(
-            PatchDataset(self.store, train_rows, augment),
-            config.batch_size,
-            shuffle=True,
-            **options,
-        )
-        self.val_loader = make_loader(
-            PatchDataset(self.store, val_rows), config.batch_size, shuffle=False, **options
-        )
-        self.epoch = 0  # epochs completed
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return len(self.train_loader) + len(self.val_loader)
-
-    def run_epoch(self, progress: Callable[[int], None] | None = None) -> EpochMetrics:
-        """Train one epoch, validate, and return its metrics. `progress(n)` after each batch."""
-        start = time.perf_counter()
-        self.epoch += 1
-        # Data order and augmentation depend on (seed, epoch) only: any epoch can be replayed.
-        self.train_loader.batch_sampler.set_epoch(self.epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.config, self.epoch)
-        self.model.train()
-        skipped_before = int(self.balancer.skipped_steps)
-        sums = RunningSums(self.device, self.config.threshold)
-        for batch in self.train_loader:
-            batch = self._to_device(batch)
-            with self._autocast():
-                output = self.model(batch["image"])
-            losses = task_losses(output, batch, self.config.seg_loss)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.balancer.backward(losses)
-            self.optimizer.step()
-            sums.update(output, batch, losses)
-            if progress:
-                progress(1)
-        train = sums.result()
-        self.balancer.end_epoch([train.loss_seg, train.loss_pattern, train.loss_intensity])
-        val = self.evaluate(progress)
-        return EpochMetrics(
-            epoch=self.epoch,
-            train=train,
-            val=val,
-            weights=tuple(self.balancer.weights.tolist()),
-            skipped_steps=int(self.balancer.skipped_steps) - skipped_before,
-            seconds=time.perf_counter() - start,
-        )
-
-    @torch.inference_mode()
-    def evaluate(self, progress: Callable[[int], None] | None = None) -> SplitMetrics:
-        """Validation metrics at patch level and by majority vote per image and patient."""
-        self.model.eval()
-        sums = RunningSums(self.device, self.config.threshold)
-        pattern_probs, intensity_probs = [], []
-        for batch in self.val_loader:
-            batch = self._to_device(batch)
-            with self._autocast():
-                output = self.model(batch["image"])
-            sums.update(output, batch, task_losses(output, batch, self.config.seg_loss))
-            pattern_probs.append(output.pattern.float().softmax(1))
-            intensity_probs.append(output.intensity.float().sigmoid())
-            if progress:
-                progress(1)
-        votes = majority_votes(
-            self.val_index,
-            torch.cat(pattern_probs).cpu().numpy(),
-            torch.cat(intensity_probs).cpu().numpy(),
-        )
-        return sums.result(**votes)
-
-    def state_dict(self) -> dict:
-        return {
-            "version": CHECKPOINT_VERSION,
-            "fold": self.fold,
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "balancer": self.balancer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != CHECKPOINT_VERSION or state.get("fold") != self.fold:
-            raise ValueError(
-                f"checkpoint of fold {state.get('fold')!r} (version {state.get('version')}) "
-                f"cannot resume fold {self.fold!r} (version {CHECKPOINT_VERSION})"
-            )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.balancer.load_state_dict(state["balancer"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.epoch = int(state["epoch"])
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the fold's state atomically (temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
-
-    def load(self, path: str | os.PathLike) -> None:
-        # weights_only: a checkpoint holds tensors and plain containers, never pickled code.
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
-
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-        if self.device.type == "cuda":
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        return batch
-
-    def _autocast(self):
-        # bf16 on CUDA needs no GradScaler; on a CPU autocast is much slower, so it stays fp32.
-        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda")
+COLUMNS = {  # per-epoch table: title -> (split, metric)
+    "train loss": ("train", "loss"),
+    "val loss": ("val", "loss"),
+    "pixel": ("val", "pixel_acc"),
+    "dice": ("val", "dice"),
+    "pattern": ("val", "pattern_acc"),
+    "pattern MCA": ("val", "pattern_mca"),
+    "intensity": ("val", "intensity_acc"),
+    "patient pattern": ("val", "patient_pattern_acc"),
+}
 
 
 def train_fold(
@@ -248,19 +59,110 @@ def train_fold(
     trained). `checkpoint_dir`: where to write `fold-<fold>.pt` every
     `config.checkpoint_every` epochs and after the last one.
     """
-    trainer = FoldTrainer(config, fold)
-    if checkpoint is not None:
-        trainer.load(checkpoint)
-    while trainer.epoch < config.epochs:
-        metrics = trainer.run_epoch()
-        if checkpoint_dir is not None and (
-            trainer.epoch % config.checkpoint_every == 0 or trainer.epoch == config.epochs
+    trainer = open_trainer(config, fold, checkpoint)
+    save = None
+    if checkpoint_dir is not None:
+        path = Path(checkpoint_dir) / checkpoint_name(fold)
+        save = lambda: trainer.save(path)  # noqa: E731
+    yield from train_epochs(
+        trainer, config.epochs, save=save, due=lambda epoch: checkpoint_due(config, epoch)
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mtl.train",
+        description="Train the multi-task U-Net on one fold of a patch store: every other fold "
+        "trains, FOLD validates. Writes checkpoints (fold-FOLD.pt), epochs.parquet (the study's "
+        "layout) and config.json into --out.",
+    )
+    parser.add_argument("--data", required=True, help="a patch store (python -m mtl.data)")
+    parser.add_argument("--fold", required=True, help="the validation fold: A, B, C, ...")
+    parser.add_argument(
+        "--preset",
+        default="original",
+        choices=sorted(TRAIN_PRESETS),
+        help="; ".join(
+            f"{name}: {make.__doc__.split('.')[0].strip()}" for name, make in TRAIN_PRESETS.items()
+        )
+        + " (default: original)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=overrides_help(),
+    )
+    parser.add_argument("--out", help="output folder (default: a new folder under ./runs)")
+    parser.add_argument("--resume", help="a checkpoint written by an earlier run to continue from")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        changes = parse_overrides([*args.overrides, f"data={Path(args.data).resolve()}"])
+        config = TRAIN_PRESETS[args.preset]().replace(**changes)
+        trainer = open_trainer(config, args.fold, args.resume)
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        return 2
+    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-fold{args.fold}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+    table = Table("epoch", *COLUMNS, "s", title=f"fold {args.fold}: training and validation")
+    history = []
+    earlier = pd.DataFrame()
+    if args.resume and (out / "epochs.parquet").exists():  # keep the epochs before the resume
+        earlier = pd.read_parquet(out / "epochs.parquet")
+        earlier = earlier[earlier.epoch <= trainer.epoch]
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("", total=trainer.batches_per_epoch, rate="")
+        started = [time.perf_counter()]
+
+        def advance(n: int) -> None:
+            done = progress.tasks[0].completed + n
+            rate = done * config.batch_size / (time.perf_counter() - started[0])
+            progress.update(task, advance=n, rate=f"{rate:,.0f} patches/s")
+
+        def show(metrics: EpochMetrics) -> None:
+            history.append(metrics)
+            frame = pd.concat([earlier, epoch_frame("single", args.fold, history)])
+            write_parquet(frame, out / "epochs.parquet")
+            cells = [f"{getattr(getattr(metrics, s), m):.3f}" for s, m in COLUMNS.values()]
+            table.add_row(str(metrics.epoch), *cells, f"{metrics.seconds:.0f}")
+            # One line per epoch above the bar; the full table comes at the end.
+            line = "  ".join(f"{name} {cell}" for name, cell in zip(COLUMNS, cells, strict=True))
+            progress.console.print(f"epoch {metrics.epoch}  {line}  ({metrics.seconds:.0f} s)")
+            if metrics.epoch < config.epochs:
+                progress.reset(task, description=f"epoch {metrics.epoch + 1}/{config.epochs}")
+                started[0] = time.perf_counter()
+
+        progress.update(task, description=f"epoch {trainer.epoch + 1}/{config.epochs}")
+        for _ in train_epochs(
+            trainer,
+            config.epochs,
+            save=lambda: trainer.save(out / checkpoint_name(args.fold)),
+            due=lambda epoch: checkpoint_due(config, epoch),
+            on_epoch=show,
+            progress=advance,
         ):
-            trainer.save(Path(checkpoint_dir) / f"fold-{fold}.pt")
-        yield metrics
+            pass
+    console.print(table)
+    console.print(f"checkpoint and epochs.parquet in {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    from mtl.train_cli import main
-
-    raise SystemExit(main())
+    sys.exit(main())

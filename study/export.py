@@ -17,12 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from mtl.config import TrainConfig
-from mtl.data import PatchGrid, fold_labels
-from mtl.labels import INTENSITIES, PATTERNS
-from mtl.predict import MODEL_FORMAT
+from mtl import (
+    INTENSITIES,
+    MODEL_FORMAT,
+    PATTERNS,
+    PatchGrid,
+    TrainConfig,
+    checkpoint_name,
+    fold_labels,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 
 def experiment_folder(results: Path) -> Path:
@@ -43,8 +49,7 @@ def trial_checkpoint(results: Path, trial_id: str) -> Path:
 
 def fold_model(checkpoint: Path, fold: str) -> dict:
     """The model weights of one fold in a trial's checkpoint folder."""
-    path = checkpoint / f"fold-{fold}.pt"
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+    return read_checkpoint(checkpoint / checkpoint_name(fold))["model"]
 
 
 def trial_config(row: pd.Series) -> TrainConfig:
@@ -79,7 +84,7 @@ def export(results: str | Path, out: str | Path, trial: str = "best") -> Path:
     study = json.loads((results / "study.json").read_text())
     folds = fold_labels(config.num_folds, study.get("repeats", 1))
     for fold in folds:
-        torch.save(fold_model(checkpoint, fold), tmp / f"fold-{fold}.pt")
+        write_checkpoint(fold_model(checkpoint, fold), tmp / checkpoint_name(fold))
     model = {
         "format": MODEL_FORMAT,
         "study": study["name"],

@@ -6,7 +6,7 @@ patients that no fold trained or validated on, and search and pruning never saw.
 cross-validated estimate is biased upwards by the selection; the test estimate is not. The
 difference of the two (cv - test) is the optimism of the selection.
 
-test.parquet, one row per metric (mtl.evaluate.HELDOUT_METRICS): study, trial_id, level,
+test.parquet, one row per metric (mtl.evaluate.METRIC_LEVELS): study, trial_id, level,
 metric, cv (fold mean at the last epoch), cv_std, test, ci_low, ci_high (95% bootstrap
 interval over test patients), optimism (cv - test), test_patients, test_images,
 test_patches, folds (models in the ensemble).
@@ -18,12 +18,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtl.data import fold_labels, open_store
-from mtl.evaluate import bootstrap, load_models, patient_sums
-from mtl.tables import write_parquet
-from mtl.train import heldout_rows, resolve_device
+from mtl import (
+    SCORE_METRICS,
+    bootstrap,
+    fold_labels,
+    heldout_rows,
+    load_models,
+    open_store,
+    patient_sums,
+    resolve_device,
+    write_parquet,
+)
 from study.export import choose_trial, fold_model, trial_checkpoint, trial_config
-from study.stats import SCORE_METRICS
 
 TEST_COLUMNS = (
     "study", "trial_id", "level", "metric", "cv", "cv_std", "test", "ci_low", "ci_high",
@@ -80,21 +86,3 @@ def cross_validated(epochs: pd.DataFrame, trial_id: str, metrics: list[str]) -> 
     last["score"] = last[list(SCORE_METRICS)].mean(axis=1, skipna=False)
     present = [m for m in metrics if m in last]
     return pd.DataFrame({"mean": last[present].mean(), "std": last[present].std(ddof=1)})
-
-
-def optimism_sentence(table: pd.DataFrame, metric: str = "score") -> str:
-    """One line: the cross-validated and the test estimate of the chosen configuration."""
-    row = table.set_index("metric").loc[metric]
-    interval = f"95% bootstrap interval {row.ci_low:.3f} to {row.ci_high:.3f}"
-    inside = row.ci_low <= row.cv <= row.ci_high
-    verdict = (
-        "the cross-validated estimate lies inside it"
-        if inside
-        else "the cross-validated estimate lies outside it"
-    )
-    return (
-        f"Test estimate of the chosen configuration ({row.test_patients} held-out patients, "
-        f"{row.folds} fold models as one ensemble): {metric} {row.test:.3f} ({interval}); "
-        f"cross-validated {row.cv:.3f}, optimism of the selection {row.optimism:+.3f} "
-        f"({verdict})."
-    )

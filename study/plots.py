@@ -18,7 +18,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mtl.labels import INTENSITIES, PATTERNS
+from mtl import INTENSITIES, PATTERNS
 
 DPI = 100
 # Width, height in inches; at DPI these are the PNGs' sizes in pixels (x 100).

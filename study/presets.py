@@ -14,12 +14,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mtl.config import TrainConfig, original, parse_overrides, small, tiny
-from mtl.data import SynthSpec, fold_labels
-from mtl.metrics import SplitMetrics
+from mtl import (
+    SCORE_METRICS,
+    SplitMetrics,
+    SynthSpec,
+    TrainConfig,
+    fold_labels,
+    original,
+    parse_overrides,
+    small,
+    tiny,
+)
 from study.search import Choice, Domain, IntRange, LogUniform, domain_values
-
-SCORE_METRICS = ("pixel_acc", "pattern_acc", "intensity_acc")
 
 
 def grid(**values: Sequence) -> tuple[dict, ...]:

@@ -20,18 +20,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtl.config import TrainConfig
-from mtl.metrics import EpochMetrics
-from mtl.tables import ID_COLUMNS, order_columns, write_parquet
+from mtl import (
+    CV_METRICS,
+    ID_COLUMNS,
+    SCORE_METRICS,
+    EpochMetrics,
+    TrainConfig,
+    order_columns,
+    write_parquet,
+)
 
-# The study's score: the mean of the three patch-level validation accuracies.
-SCORE_METRICS = ("pixel_acc", "pattern_acc", "intensity_acc")
-CV_METRICS = (
-    "loss", "loss_seg", "loss_pattern", "loss_intensity",
-    "pixel_acc", "dice", "iou", "pattern_acc", "pattern_mca", "intensity_acc",
-    "image_pattern_acc", "image_intensity_acc",
-    "patient_pattern_acc", "patient_pattern_mca", "patient_intensity_acc",
-)  # fmt: skip
 FOLD_PREFIX = "fold/"
 NAN = float("nan")
 

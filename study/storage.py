@@ -144,7 +144,7 @@ def store_content_hash(folder: Path) -> str:
     """Recompute a store's content hash exactly as mtl.data.store computes it when building."""
     import pandas as pd
 
-    from mtl.data.store import content_hash
+    from mtl import content_hash
 
     return content_hash(folder, pd.read_parquet(folder / "index.parquet"))
 

@@ -1,6 +1,6 @@
 """The Tune trainable: one trial is one configuration, trained on every fold in lockstep.
 
-Each fold is a `FoldWorker` around `mtl.train.FoldTrainer`: a Ray actor in the trial's
+Each fold is a `FoldWorker` around mtl's `FoldTrainer`: a Ray actor in the trial's
 placement group (one GPU or a fraction of one) on a cluster, or an object in the trial's own
 process on a machine without GPUs. Every epoch each fold trains and validates once; the
 trial reports the fold-mean (cross-validated) metrics that ASHA and Optuna see plus every
@@ -9,9 +9,7 @@ fold's metrics, and every `checkpoint_every` epochs a checkpoint holding all fol
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -22,21 +20,27 @@ from ray import tune
 from ray.util.placement_group import get_current_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from mtl.config import TrainConfig
-from mtl.data import open_store, split_label
-from mtl.metrics import EpochMetrics
-from mtl.train import FoldTrainer
+from mtl import (
+    EpochMetrics,
+    FoldTrainer,
+    TrainConfig,
+    checkpoint_bytes,
+    checkpoint_due,
+    checkpoint_name,
+    open_store,
+    read_checkpoint,
+    split_label,
+    train_epochs,
+)
 from study.results import epoch_report
 from study.storage import fetch_store, store_cache
 
-# Test hook: "FOLD:EPOCH:MARKER" makes fold FOLD's worker die at EPOCH, once (the MARKER file
-# records that it did), to exercise retries from checkpoints.
-CRASH_ENV = "HEP2_STUDY_CRASH"
 VERSIONS = {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}
 
 
 class FoldWorker:
-    """One fold of a trial: a FoldTrainer (or a stand-in with its interface, for tests)."""
+    """One fold of a trial: a trainer (mtl's `Trainer` contract; FoldTrainer, or a test
+    double) stepped one epoch per lockstep round through mtl's epoch loop."""
 
     def __init__(
         self,
@@ -59,31 +63,25 @@ class FoldWorker:
                 f"node {node}: the store at {config.data} has content hash {found}, "
                 f"the study's is {store_hash}"
             )
-        config = config.replace(data=str(local), fold_seed=config.fold_seed + repeat)
-        self.trainer = trainer(config, letter)
+        self.config = config.replace(data=str(local), fold_seed=config.fold_seed + repeat)
+        self.trainer = trainer(self.config, letter)
+        self.epochs = None  # mtl's epoch loop, started at the first round (after a restore)
 
     def run_epoch(self) -> tuple[EpochMetrics, str]:
-        _maybe_crash(self.fold, self.trainer.epoch + 1)
-        return self.trainer.run_epoch(), ray.get_runtime_context().get_node_id()
+        if self.epochs is None:
+            self.epochs = train_epochs(self.trainer, self.config.epochs)
+        return next(self.epochs), self.node
+
+    @property
+    def node(self) -> str:
+        """The Ray node this fold trains on ("local" outside Ray: a test, a bench)."""
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
     def state(self) -> bytes:
-        buffer = io.BytesIO()
-        torch.save(self.trainer.state_dict(), buffer)
-        return buffer.getvalue()
+        return checkpoint_bytes(self.trainer.state_dict())
 
     def load(self, state: bytes) -> None:
-        # weights_only: a checkpoint holds tensors and plain containers, never pickled code.
-        self.trainer.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
-
-
-def _maybe_crash(fold: str, epoch: int) -> None:
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
-    crash_fold, crash_epoch, marker = spec.split(":", 2)
-    if fold == crash_fold and epoch == int(crash_epoch) and not os.path.exists(marker):
-        Path(marker).touch()
-        os._exit(1)  # die as a lost node or an out-of-memory kill would: no clean-up
+        self.trainer.load_state_dict(read_checkpoint(state))
 
 
 class Folds:
@@ -139,7 +137,7 @@ def run_trial(
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # a resumed or retried trial
         with checkpoint.as_directory() as folder:
-            states = [(Path(folder) / f"fold-{fold}.pt").read_bytes() for fold in folds]
+            states = [(Path(folder) / checkpoint_name(fold)).read_bytes() for fold in folds]
             done = json.loads((Path(folder) / "trial.json").read_text())["epoch"]
         workers.call("load", states)
     for epoch in range(done + 1, config.epochs + 1):
@@ -150,13 +148,13 @@ def run_trial(
             nodes={fold: node for fold, (_, node) in zip(folds, results, strict=True)},
         )
         report["epochs"] = config.epochs  # what the trial was asked to train (pruning test)
-        if epoch % config.checkpoint_every and epoch != config.epochs:
+        if not checkpoint_due(config, epoch):
             tune.report(report)
             continue
         states = workers.call("state")
         with tempfile.TemporaryDirectory() as folder:
             for fold, state in zip(folds, states, strict=True):
-                (Path(folder) / f"fold-{fold}.pt").write_bytes(state)
+                (Path(folder) / checkpoint_name(fold)).write_bytes(state)
             meta = {"epoch": epoch, "store_hash": store_hash, "versions": VERSIONS}
             (Path(folder) / "trial.json").write_text(json.dumps(meta))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -11,6 +11,8 @@ import pytest
 
 from mtl.balancing import BALANCERS
 
+pytestmark = pytest.mark.slow  # benches, each in its own process
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 

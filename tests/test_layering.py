@@ -1,32 +1,159 @@
-"""mtl is the science and must run without the orchestration: no ray, no optuna inside."""
+"""The layering holds: mtl is the science and runs without the orchestration (no ray, no
+optuna, no study inside); study, the benches and study's tests use only mtl's public names
+(`mtl.__all__`, imported from `mtl`); and no module imports itself back through others."""
 
 import ast
 import pathlib
 import subprocess
 import sys
 
-FORBIDDEN = {"ray", "optuna"}
-MTL = pathlib.Path(__file__).resolve().parents[1] / "mtl"
+import mtl
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FORBIDDEN_IN_MTL = {"ray", "optuna", "study"}
+PACKAGES = ("mtl", "study")
 
 
-def test_no_mtl_module_imports_ray_or_optuna():
-    offenders = []
-    for path in sorted(MTL.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+def module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def top_level_imports(tree: ast.Module):
+    """(module, names) of every import that runs when the module is imported: not those in
+    functions (deliberately deferred) nor under `if TYPE_CHECKING:` (never run)."""
+
+    def walk(nodes):
+        for node in nodes:
             if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0:
-                names = [node.module or ""]
-            else:
-                continue
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+                for alias in node.names:
+                    yield alias.name, []
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                yield node.module, [alias.name for alias in node.names]
+            elif isinstance(node, ast.If):
+                test = ast.unparse(node.test)
+                if "TYPE_CHECKING" not in test:
+                    yield from walk(node.body)
+                yield from walk(node.orelse)
+            elif isinstance(node, ast.Try | ast.With):
+                yield from walk(node.body)
+
+    yield from walk(tree.body)
+
+
+def all_imports(tree: ast.Module):
+    """(module, names) of every absolute import anywhere in the file."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module, [alias.name for alias in node.names]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Our module -> our modules it imports at import time."""
+    paths = [p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))]
+    modules = {module_name(p): p for p in paths}
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for imported, names in top_level_imports(ast.parse(path.read_text())):
+            # `from package import submodule` imports the submodule.
+            targets = [imported] + [f"{imported}.{n}" for n in names]
+            edges |= {t for t in targets if t in modules and t != name}
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of the graph, as a path that returns to its start, or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def private_mtl_imports(path: pathlib.Path) -> list[str]:
+    """Imports of mtl in `path` that are not `from mtl import <public name>`."""
+    bad = []
+    for module, names in all_imports(ast.parse(path.read_text())):
+        if module != "mtl" and not module.startswith("mtl."):
+            continue
+        if module != "mtl":
+            bad.append(f"{path.name}: {module} (import public names from mtl itself)")
+        bad += [f"{path.name}: mtl.{n} is not public" for n in names if n not in mtl.__all__]
+    return bad
+
+
+def test_no_mtl_module_imports_ray_optuna_or_study():
+    offenders = []
+    for path in sorted((ROOT / "mtl").rglob("*.py")):
+        for module, _ in all_imports(ast.parse(path.read_text())):
+            if module.split(".")[0] in FORBIDDEN_IN_MTL:
+                offenders.append(f"{path.name}: {module}")
     assert not offenders
 
 
 def test_importing_mtl_loads_neither():
-    modules = ["mtl", "mtl.data", "mtl.model", "mtl.train", "mtl.losses", "mtl.balancing"]
-    code = (
-        f"import sys; import {', '.join(modules)}; print(sorted({FORBIDDEN!r} & set(sys.modules)))"
-    )
+    modules = ["mtl", "mtl.data", "mtl.model", "mtl.trainer", "mtl.losses", "mtl.balancing"]
+    loaded = "sorted({'ray', 'optuna'} & set(sys.modules))"
+    code = f"import sys; import {', '.join(modules)}; print({loaded})"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_reading_results_needs_no_torch():
+    """The schema (metric records, lists, score, columns) is importable without torch."""
+    code = "import sys; from mtl import SCORE_METRICS, EpochMetrics; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_no_import_cycles():
+    assert find_cycle(import_graph()) is None
+
+
+def test_the_cycle_finder_finds_one():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_study_bench_and_study_tests_use_only_mtl_public_names():
+    paths = [
+        *sorted((ROOT / "study").rglob("*.py")),
+        *sorted((ROOT / "bench").glob("*.py")),
+        *sorted((ROOT / "tests" / "study").glob("*.py")),
+    ]
+    offenders = [line for path in paths for line in private_mtl_imports(path)]
+    assert not offenders, offenders
+
+
+def test_the_public_name_check_catches_private_imports(tmp_path):
+    source = tmp_path / "user.py"
+    source.write_text("from mtl.trainer import FoldTrainer\nfrom mtl import _PUBLIC, TrainConfig\n")
+    assert private_mtl_imports(source) == [
+        "user.py: mtl.trainer (import public names from mtl itself)",
+        "user.py: mtl._PUBLIC is not public",
+    ]
+
+
+def test_every_public_name_resolves():
+    for name in mtl.__all__:
+        assert getattr(mtl, name) is not None, name

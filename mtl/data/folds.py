@@ -18,8 +18,6 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-FOLD_SCHEMES = ("stratified", "seed")
-
 
 @cache
 def reference_patients() -> pd.DataFrame:
@@ -79,16 +77,14 @@ def assign_folds(
 ) -> pd.Series:
     """The fold letter of every patient of a patch index (a Series indexed by patient)."""
     if scheme not in FOLD_SCHEMES:
-        raise ValueError(f"unknown fold scheme {scheme!r}; expected one of {FOLD_SCHEMES}")
-    patients = patient_labels(index)
-    if scheme == "seed":
-        return _seed_folds(patients, k)
-    if len(patients) < k:
-        raise ValueError(f"{len(patients)} patients cannot fill {k} folds")
-    return _stratified_folds(patients, k, seed)
+        raise ValueError(
+            f"unknown fold scheme {scheme!r}; expected one of {', '.join(FOLD_SCHEMES)}"
+        )
+    return FOLD_SCHEMES[scheme](patient_labels(index), k, seed)
 
 
-def _seed_folds(patients: pd.DataFrame, k: int) -> pd.Series:
+def _seed_folds(patients: pd.DataFrame, k: int, seed: int = 0) -> pd.Series:
+    """The original study's table (the seed plays no part)."""
     if k != 5:
         raise ValueError(f"the seed fold table has 5 folds; num_folds is {k}")
     table = reference_patients().set_index("patient")["fold"]
@@ -102,6 +98,8 @@ def _seed_folds(patients: pd.DataFrame, k: int) -> pd.Series:
 
 
 def _stratified_folds(patients: pd.DataFrame, k: int, seed: int) -> pd.Series:
+    if len(patients) < k:
+        raise ValueError(f"{len(patients)} patients cannot fill {k} folds")
     rng = np.random.default_rng(seed)
     order = []
     for _, stratum in patients.groupby(["pattern", "intensity"], sort=True):
@@ -110,3 +108,7 @@ def _stratified_folds(patients: pd.DataFrame, k: int, seed: int) -> pd.Series:
     names = fold_names(k)
     folds = {patient: names[position % k] for position, patient in enumerate(order)}
     return pd.Series(folds, name="fold").rename_axis("patient").sort_index()
+
+
+# TrainConfig.folds: name -> the function that deals patients (with labels) into k folds.
+FOLD_SCHEMES = {"stratified": _stratified_folds, "seed": _seed_folds}

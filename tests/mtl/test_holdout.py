@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from mtl.config import tiny
 from mtl.data import fold_labels, holdout_patients, split_label
 from mtl.data.folds import patient_labels
-from mtl.evaluate import HELDOUT_METRICS, bootstrap, heldout_metrics, patient_sums
+from mtl.evaluate import bootstrap, heldout_metrics, patient_sums
 from mtl.labels import INTENSITIES, PATTERNS
 from mtl.model import MultiTaskOutput
-from mtl.train import FoldTrainer, heldout_rows, split_rows
+from mtl.schema import METRIC_LEVELS
+from mtl.trainer import FoldTrainer, heldout_rows, split_rows
 
 
 @st.composite
@@ -151,7 +152,7 @@ def test_resampling_weights_and_the_bootstrap_interval():
     twice_a = heldout_metrics(sums, np.array([[2, 0]])).iloc[0]
     assert twice_a.pattern_acc == 1.0 and twice_a.pixel_acc == 1.0
     table = bootstrap(sums, resamples=500, seed=0).set_index("metric")
-    assert list(table.index) == list(HELDOUT_METRICS)
+    assert list(table.index) == list(METRIC_LEVELS)
     finite = table[table.value.notna()]  # the hand table has no confusion cells: mca NaN
     assert (finite.ci_low <= finite.value + 1e-12).all()
     assert (finite.value <= finite.ci_high + 1e-12).all()

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from mtl.labels import PATTERNS
-from mtl.metrics import EpochMetrics
-from mtl.train import FoldTrainer, train_fold
+from mtl.schema import EpochMetrics
+from mtl.train import train_fold
+from mtl.trainer import FoldTrainer
 
 
 def _without_time(metrics: EpochMetrics) -> EpochMetrics:

@@ -1,7 +1,7 @@
 import pandas as pd
 import torch
 
-from mtl.train_cli import main
+from mtl.train import main
 
 
 def test_one_fold_from_the_command_line(tiny_store, tmp_path, capsys):

@@ -9,15 +9,23 @@ import pytest
 import ray.cloudpickle
 import torch
 
-from mtl.config import tiny
-from mtl.data import SynthSpec, build_synthetic_store, holdout_patients
-from mtl.evaluate import HELDOUT_METRICS
-from mtl.labels import INTENSITIES, PATTERNS
-from mtl.metrics import EpochMetrics, SplitMetrics
+from mtl import (
+    INTENSITIES,
+    METRIC_LEVELS,
+    PATTERNS,
+    EpochMetrics,
+    SplitMetrics,
+    SynthSpec,
+    build_synthetic_store,
+    holdout_patients,
+    tiny,
+)
 from study.holdout import TEST_COLUMNS
 from study.presets import StudyConfig, grid
-from study.run import prepare_data, run_study
 from study.stats import STATS_COLUMNS
+from study.tuner import prepare_data, run_study
+
+pytestmark = pytest.mark.slow  # whole studies
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
 
@@ -45,7 +53,7 @@ def test_stats_test_estimate_and_test_labels_that_the_search_never_sees(ray_loca
     twin = relabelled(store.path, tmp_path / "b", held_out)
 
     def study(name: str, data: str) -> StudyConfig:
-        train = tiny().replace(data=data, held_out=held_out)
+        train = tiny().replace(data=data, held_out=held_out, epochs=1)
         return StudyConfig(name=name, train=train, configurations=grid(seg_loss=("dice", "bce")))
 
     tables = {}
@@ -65,7 +73,7 @@ def test_stats_test_estimate_and_test_labels_that_the_search_never_sees(ray_loca
 
     epochs, trials, test = tables["a"]
     assert tuple(test.columns) == TEST_COLUMNS
-    assert list(test.metric) == list(HELDOUT_METRICS)
+    assert list(test.metric) == list(METRIC_LEVELS)
     best = trials.loc[trials.cv_score.idxmax()].trial_id
     assert (test.trial_id == best).all() and (test.test_patients == 2).all()
     assert (test.test_patches == 30).all() and (test.folds == 5).all()

@@ -4,8 +4,12 @@ node lost mid-trial costs a retry from the checkpoint, not a result."""
 import threading
 import time
 
+import pytest
+
 from study.presets import StudyConfig, smoke
-from study.run import fold_placement, prepare_data, run_study
+from study.tuner import fold_placement, prepare_data, run_study
+
+pytestmark = pytest.mark.slow  # a Ray cluster of several nodes
 
 EPOCHS = 4
 

@@ -1,5 +1,6 @@
 """Nothing lost, nothing duplicated: a killed driver resumes, a crashed fold is retried."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -8,8 +9,17 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
+import ray.cloudpickle
+
+from mtl import FoldTrainer
+from study.presets import smoke
+from study.tuner import prepare_data, run_study
+
+pytestmark = pytest.mark.slow  # whole studies, killed and resumed
 
 EPOCHS = 3
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
 
 
 def _study(results: Path, name: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
@@ -57,11 +67,24 @@ def test_a_killed_study_resumes_with_nothing_lost_or_duplicated(tmp_path):
     _assert_complete(folder)
 
 
-def test_a_crashed_fold_worker_is_retried_from_its_checkpoint(tmp_path):
-    marker = tmp_path / "crashed"
-    run = _study(tmp_path, "crash", env={"HEP2_STUDY_CRASH": f"B:2:{marker}"})
-    output, _ = run.communicate(timeout=600)
-    assert run.returncode == 0, output
-    assert marker.exists()  # the crash happened
+class CrashingTrainer(FoldTrainer):
+    """FoldTrainer whose fold B dies at epoch 2, once (the marker file records that it did),
+    as a lost node or an out-of-memory kill would: no clean-up."""
+
+    marker: Path
+
+    def run_epoch(self, progress=None):
+        if self.fold == "B" and self.epoch + 1 == 2 and not self.marker.exists():
+            self.marker.touch()
+            os._exit(1)
+        return super().run_epoch(progress)
+
+
+def test_a_crashed_fold_worker_is_retried_from_its_checkpoint(ray_local, tmp_path):
+    CrashingTrainer.marker = tmp_path / "crashed"
+    study = smoke()
+    study = dataclasses.replace(study, name="crash", train=study.train.replace(epochs=EPOCHS))
+    run_study(prepare_data(study, tmp_path), tmp_path, trainer=CrashingTrainer)
+    assert CrashingTrainer.marker.exists()  # the crash happened
     epochs = _assert_complete(tmp_path / "crash")
     assert epochs.groupby("trial_id").size().tolist() == [5 * EPOCHS * 2] * 2

@@ -18,20 +18,18 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from mtl.config import tiny
-from mtl.labels import INTENSITIES, PATTERNS
+from mtl import INTENSITIES, PATTERNS, tiny
 from study import plots
-from study.report import (
+from study.report import main, write_report
+from study.summary import (
     compare_with_original,
     configuration_labels,
     fold_table,
-    main,
     original_results,
     select_epochs,
     stopped_trials,
     study_keys,
     summarise,
-    write_report,
 )
 
 FOLDS = "ABCDE"
@@ -403,10 +401,12 @@ def test_command_line(results, capsys):
     assert "epochs.parquet" in capsys.readouterr().out
 
 
-def test_the_score_is_the_study_s():
-    from study import report, results
+def test_the_score_is_defined_once():
+    import mtl
+    from study import presets, report, results, summary
 
-    assert report.SCORE_METRICS == results.SCORE_METRICS
+    for module in (presets, report, results, summary):
+        assert module.SCORE_METRICS is mtl.SCORE_METRICS, module
 
 
 def test_an_optuna_journal_is_found_too(tmp_path):

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from mtl.metrics import EpochMetrics, SplitMetrics
+from mtl import EpochMetrics, SplitMetrics
 from study.results import epoch_report, epoch_rows, fold_summary, write_parquet
 
 

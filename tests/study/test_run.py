@@ -7,8 +7,11 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 
 from study.run import main
+
+pytestmark = pytest.mark.slow  # whole studies
 
 
 def test_smoke_study_writes_both_tables(ray_local, tmp_path, capsys):

@@ -9,13 +9,16 @@ import sys
 
 import optuna
 import pandas as pd
+import pytest
 import ray.cloudpickle
 import torch
 
-from mtl.metrics import EpochMetrics, SplitMetrics
+from mtl import EpochMetrics, SplitMetrics
 from study.presets import StudyConfig, smoke
-from study.run import prepare_data, run_study
 from study.search import LogUniform
+from study.tuner import prepare_data, run_study
+
+pytestmark = pytest.mark.slow  # a whole study
 
 HARDNESS = {"A": 0.0, "B": 0.0, "C": 0.0, "D": 0.0, "E": 0.6}
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtl.data import SynthSpec, build_synthetic_store
+from mtl import SynthSpec, build_synthetic_store
 from study import storage
 from study.storage import (
     check_storage,
@@ -188,11 +188,13 @@ def _node_ids(ray):
     return {node["NodeID"] for node in ray.nodes() if node["Alive"]}
 
 
+@pytest.mark.slow  # a Ray cluster of three nodes
 def test_every_node_reads_a_present_store(cluster, store):
     assert check_store_on_nodes(str(store.path)) == []
     assert check_store_on_nodes(store.path.as_uri()) == []  # a URI is read from each node too
 
 
+@pytest.mark.slow  # a Ray cluster of three nodes
 def test_a_missing_store_names_every_node(cluster, tmp_path):
     import ray
 
@@ -203,6 +205,7 @@ def test_a_missing_store_names_every_node(cluster, tmp_path):
     assert all("store.json" in line and line.split(" ")[0] in ips for line in bad)
 
 
+@pytest.mark.slow  # a Ray cluster of three nodes
 def test_the_one_node_that_lacks_the_store_is_named(cluster, homes, store):
     shutil.copytree(store.path, homes[0] / "store")  # in the home of two of the three nodes
     bad = check_store_on_nodes("~/store", content_hash=store.content_hash)
@@ -210,11 +213,13 @@ def test_the_one_node_that_lacks_the_store_is_named(cluster, homes, store):
     assert len(bad) == 1 and lacking in bad[0] and "store.json" in bad[0], bad
 
 
+@pytest.mark.slow  # a Ray cluster of three nodes
 def test_a_different_store_is_reported(cluster, store):
     bad = check_store_on_nodes(str(store.path), content_hash="f" * 32)
     assert len(bad) == 3 and all(store.content_hash in line for line in bad)
 
 
+@pytest.mark.slow  # a Ray cluster of three nodes
 def test_an_unreadable_store_json_is_reported(cluster, tmp_path):
     (tmp_path / "store.json").write_text(json.dumps({"format_version": 1}))
     bad = check_store_on_nodes(str(tmp_path), content_hash="0" * 32)

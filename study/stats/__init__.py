@@ -1,6 +1,7 @@
 """Which differences between configurations are real: fold-paired statistics.
 
     python -m study.stats PATH [--metric M ...] [--rope R] [--folds K] [--out OUT.csv]
+    (the command line: study/stats/cli.py)
 
 Every configuration of a study is trained and validated on the same folds, so two of them
 are compared fold by fold: d_j = x_trial_j - x_best_j on the n folds they share. The folds
@@ -20,28 +21,22 @@ treats them as such finds differences that are not there. Two corrections for th
 
 The numbers come from pure pandas/scipy functions (`paired_test`, `compare_to_best`,
 `study_per_fold`); printing comes after them. This module imports neither torch, ray, optuna
-nor `mtl`, so that `python -m study.stats` starts fast.
+nor mtl's training code (only its torch-free schema), so that `python -m study.stats`
+starts fast.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
-import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rich import box
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from scipy import stats as scipy_stats
+
+from mtl import METRIC_LEVELS, write_csv, write_parquet
 
 STATS_COLUMNS = (
     "trial_id",
@@ -62,22 +57,8 @@ EXTRA_COLUMNS = ("verdict", "half_width")
 DEFAULT_ROPE = 0.01
 CONFIDENCE = 0.95
 # The metrics a study compares, in this order, where present in the per-fold table and not
-# all NaN.
-STUDY_METRICS = (
-    "score",
-    "pixel_acc",
-    "dice",
-    "pattern_acc",
-    "pattern_mca",
-    "intensity_acc",
-    "image_pattern_acc",
-    "image_pattern_mca",
-    "image_intensity_acc",
-    "patient_pattern_acc",
-    "patient_pattern_mca",
-    "patient_intensity_acc",
-)
-SCORE_METRICS = ("pixel_acc", "pattern_acc", "intensity_acc")  # score = their mean
+# all NaN (iou is left out: it follows Dice).
+STUDY_METRICS = tuple(m for m in METRIC_LEVELS if m != "iou")
 KEY_COLUMNS = ("trial_id", "repeat", "fold")
 # Per-fold differences whose spread is below this are taken as constant: differences of
 # equal-looking floats (0.8 - 0.7 and 0.9 - 0.8) are not exactly equal.
@@ -236,7 +217,7 @@ def compare_to_best(
     """
     if not rope >= 0:
         raise ValueError(f"rope must be >= 0, got {rope}")
-    per_fold = _validated(per_fold)
+    per_fold = validate_per_fold(per_fold)
     metrics = _chosen_metrics(per_fold, metrics)
     k = per_fold["fold"].nunique() if folds_per_repeat is None else folds_per_repeat
     if k < 2:
@@ -308,7 +289,7 @@ def _stats_frame(rows: list[dict], rope: float) -> pd.DataFrame:
     return stats
 
 
-def _validated(per_fold: pd.DataFrame) -> pd.DataFrame:
+def validate_per_fold(per_fold: pd.DataFrame) -> pd.DataFrame:
     """per_fold with str trial ids, after the checks every input gets (see `read_per_fold`)."""
     for column in ("trial_id", "fold"):
         if column not in per_fold:
@@ -409,268 +390,17 @@ def summary_sentence(
     )
 
 
-def study_per_fold(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """A study's per-fold table: the validation rows of its completed trials at each (trial,
-    fold)'s last epoch.
-
-    Pruned trials stopped early, at an epoch the completed ones went past: comparing them
-    would compare training lengths, not configurations; errored and unfinished ones have no
-    final epoch. Columns: trial_id, fold, `repeat` if epochs has one, `score` (the mean of
-    pixel, pattern and intensity accuracy, NaN if any is NaN: the study's cv_score per fold),
-    then the STUDY_METRICS present in epochs. Sorted by trial_id, (repeat,) fold.
-    """
-    for table, name, columns in (
-        (epochs, "epochs", ("trial_id", "fold", "epoch", "split")),
-        (trials, "trials", ("trial_id", "status")),
-    ):
-        for column in columns:
-            if column not in table:
-                raise ValueError(f"the {name} table has no {column!r} column")
-    completed = trials.loc[trials.status == "completed", "trial_id"]
-    val = epochs[(epochs.split == "val") & epochs.trial_id.isin(completed)].reset_index(drop=True)
-    keys = [c for c in KEY_COLUMNS if c in val]
-    last = val.loc[val.groupby(keys, sort=False)["epoch"].idxmax().to_numpy()]
-    score = pd.Series(math.nan, index=last.index)
-    if all(c in last for c in SCORE_METRICS):
-        score = last[list(SCORE_METRICS)].astype(float).mean(axis=1, skipna=False)
-    metrics = [c for c in STUDY_METRICS[1:] if c in last]
-    per_fold = last[keys].assign(score=score).join(last[metrics])
-    return per_fold.sort_values(keys, kind="stable").reset_index(drop=True)
-
-
-def read_per_fold(path: str | Path) -> tuple[pd.DataFrame, int | None, Path | None]:
-    """(per_fold, folds_per_repeat or None, study folder or None) from PATH.
-
-    PATH is a per-fold table (CSV, or Parquet by its .parquet suffix: columns trial_id, fold,
-    optionally repeat, one numeric column per metric) or a study folder holding
-    epochs.parquet and trials.parquet (then `study_per_fold` of them, and folds_per_repeat
-    from study.json's train.num_folds when there is a study.json). Raises ValueError with a
-    one-line message on anything it cannot use.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: no such file or folder")
-    folds, folder = None, None
-    if path.is_dir():
-        folder = path
-        missing = [f for f in ("epochs.parquet", "trials.parquet") if not (path / f).is_file()]
-        if missing:
-            raise ValueError(
-                f"{path} is a folder without {' and '.join(missing)}: not a study folder"
-            )
-        epochs, trials = (_read_table(path / f) for f in ("epochs.parquet", "trials.parquet"))
-        try:
-            per_fold = study_per_fold(epochs, trials)
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
-        folds = _num_folds(path / "study.json")
-        if per_fold.empty:
-            raise ValueError(f"{path}: no completed trial with a validation epoch")
-    else:
-        per_fold = _read_table(path)
-    try:
-        return _validated(per_fold), folds, folder
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    try:
-        if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: the per-fold table is empty") from None
-    except Exception as error:  # parsers raise many kinds; the user needs one line
-        message = " ".join(str(error).split()) or type(error).__name__
-        raise ValueError(f"{path}: cannot read it: {message}") from None
-
-
-def _num_folds(path: Path) -> int | None:
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: cannot read it: {' '.join(str(error).split())}") from None
-    train = config.get("train") if isinstance(config, dict) else None
-    folds = train.get("num_folds") if isinstance(train, dict) else None
-    if folds is None:
-        return None
-    if isinstance(folds, bool) or not isinstance(folds, int):
-        raise ValueError(f"{path}: train.num_folds must be an integer, got {folds!r}")
-    return folds
-
-
 def write_stats(stats: pd.DataFrame, folder: Path) -> list[Path]:
-    """stats.parquet and stats.csv in folder, each written atomically (temp file in the same
-    folder + os.replace), so a reader never sees half a file."""
-    folder = Path(folder)
-    paths = [folder / "stats.parquet", folder / "stats.csv"]
+    """stats.parquet and stats.csv in folder, each written atomically."""
+    paths = [Path(folder) / "stats.parquet", Path(folder) / "stats.csv"]
     for path in paths:
-        _write_table(stats, path)
+        write_table(stats, path)
     return paths
 
 
-def _write_table(stats: pd.DataFrame, path: Path) -> None:
-    """CSV, or Parquet by a .parquet suffix, atomically."""
-    if path.suffix.lower() == ".parquet":
-        _atomic_write(path, lambda tmp: stats.to_parquet(tmp, index=False))
+def write_table(stats: pd.DataFrame, path: Path) -> None:
+    """CSV, or Parquet by a .parquet suffix, atomically (a reader never sees half a file)."""
+    if Path(path).suffix.lower() == ".parquet":
+        write_parquet(stats, path)
     else:
-        _atomic_write(path, lambda tmp: stats.to_csv(tmp, index=False))
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    # The temporary file is in the same folder: os.replace is atomic within one file system.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# --- command line -----------------------------------------------------------------------
-
-DESCRIPTION = """\
-Which differences between configurations are real. Every trial is compared with the best
-trial of each metric (highest mean over folds), fold by fold on the folds they share, by the
-corrected resampled t-test (Nadeau & Bengio 2003; repeated k-fold: Bouckaert & Frank 2004)
-and the Bayesian correlated t-test (Corani & Benavoli 2015; Benavoli et al. 2017).
-
-PATH is a study folder (holding epochs.parquet and trials.parquet: the completed trials'
-validation folds at their last epoch; k from study.json), or a per-fold table, CSV or
-.parquet, with columns trial_id, fold, optionally repeat, and one numeric column per metric.
-"""
-EPILOG = """\
-verdicts: "worse": P(worse by more than the rope) >= 0.95; "equivalent": P(the difference
-lies within +-rope) >= 0.95; "undecided": neither, the folds cannot tell (also with fewer than
-2 shared folds). p is the corrected t-test's two-sided p-value of "no difference"; the 95%
-interval is that of the mean difference (trial - best).
-
-A study folder gets stats.parquet and stats.csv unless --out is given.
-"""
-
-
-class _UsageError(Exception):
-    """An argparse error, reported as one line like every other bad input."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="python -m study.stats",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("path", metavar="PATH", help="a study folder or a per-fold CSV/Parquet")
-    parser.add_argument(
-        "--metric",
-        action="append",
-        metavar="M",
-        help="a metric column to compare (repeatable; default every numeric column)",
-    )
-    parser.add_argument(
-        "--rope",
-        type=float,
-        default=DEFAULT_ROPE,
-        metavar="R",
-        help=f"half-width of the region of practical equivalence (default {DEFAULT_ROPE})",
-    )
-    parser.add_argument(
-        "--folds",
-        type=int,
-        metavar="K",
-        help="folds per repeat, for the correction 1/(K-1) "
-        "(default study.json's num_folds, else the number of distinct folds)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        metavar="OUT",
-        help="write the statistics here (CSV; a .parquet suffix writes Parquet)",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        if not args.rope >= 0 or math.isinf(args.rope):
-            raise ValueError(f"--rope must be a finite number >= 0, got {args.rope}")
-        per_fold, folds, folder = read_per_fold(args.path)
-        stats = compare_to_best(
-            per_fold,
-            args.metric,
-            folds_per_repeat=args.folds if args.folds is not None else folds,
-            rope=args.rope,
-        )
-        if stats.empty:
-            raise ValueError(f"{args.path}: no metric has a finite value")
-        print_stats(stats, rope=args.rope)
-        if args.out is not None:
-            _write_table(stats, args.out)
-            written = [args.out]
-        else:
-            written = write_stats(stats, folder) if folder is not None else []
-    except (_UsageError, ValueError, OSError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return 1
-    for path in written:
-        print(f"wrote {path}")
-    return 0
-
-
-def print_stats(
-    stats: pd.DataFrame, rope: float | None = None, console: Console | None = None
-) -> None:
-    """Per metric: the summary sentence, then one row per trial."""
-    # Not a terminal (a pipe, a test): wide enough that the intervals do not wrap.
-    console = console or Console()
-    if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = max(console.width, 140)
-    for metric in pd.unique(stats.metric):
-        rows = stats[stats.metric == metric]
-        console.print(escape(summary_sentence(stats, metric, rope=rope)), soft_wrap=True)
-        table = Table(title=escape(metric), box=box.SIMPLE_HEAD, title_justify="left")
-        for name in ("trial", "folds", "mean ± std", "diff vs best", "95% interval", "p"):
-            table.add_column(name, justify="left" if name == "trial" else "right")
-        for name in ("P(worse)", "P(rope)", "P(better)", "verdict"):
-            table.add_column(name, justify="left" if name == "verdict" else "right")
-        for row in rows.itertuples():
-            table.add_row(
-                escape(row.trial_id),
-                str(row.n_folds),
-                f"{_num(row.mean)} ± {_num(row.std)}",
-                _num(row.diff_vs_best, signed=True),
-                f"[{_num(row.ci_low, signed=True)}, {_num(row.ci_high, signed=True)}]",
-                _p(row.p_value),
-                _p(row.p_worse),
-                _p(row.p_rope),
-                _p(row.p_better),
-                f"[bold]{row.verdict}[/bold]" if row.is_best else row.verdict,
-            )
-        console.print(table)
-
-
-def _num(value: float, signed: bool = False) -> str:
-    if math.isnan(value):
-        return "–"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
-
-
-def _p(value: float) -> str:
-    if math.isnan(value):
-        return "–"
-    return "<0.001" if 0 < value < 0.001 else f"{value:.3f}"
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        write_csv(stats, path)

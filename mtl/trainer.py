@@ -1,0 +1,344 @@
+"""The trainer contract and the one epoch loop: what everything above `mtl` trains a fold with.
+
+The contract (`Trainer`): a trainer is opened from a configuration and a fold (`FoldTrainer(
+config, fold)`, or `open_trainer(config, fold, checkpoint)` to continue a checkpoint), runs
+one epoch at a time (`run_epoch() -> EpochMetrics`), and saves and restores its whole state
+(`state_dict()`, `load_state_dict()`). `train_epochs` is the one loop over epochs, with
+checkpoints and a per-epoch callback: `python -m mtl.train`, the study's fold workers and the
+benches all train through it. Test doubles implement the same four members.
+
+`FoldTrainer` holds the fold's whole state (model, the network's optimizer, the balancer
+with its own optimizer and L(0), the RNG state, the epoch); its checkpoint is read back with
+`torch.load(weights_only=True)`. Data order and augmentation are functions of (seed, epoch),
+so a fold resumed from the checkpoint of epoch k trains epochs k+1.. on a CPU exactly as the
+uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mtl.balancing import build_balancer
+from mtl.config import TrainConfig
+from mtl.data import (
+    PatchDataset,
+    PatchStore,
+    assign_folds,
+    build_augmentation,
+    fold_names,
+    make_loader,
+    open_store,
+)
+from mtl.losses import task_losses
+from mtl.metrics import RunningSums, majority_votes
+from mtl.model import MultiTaskUNet
+from mtl.schema import EpochMetrics, SplitMetrics
+
+CHECKPOINT_VERSION = 1
+
+
+def _auto_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cuda_device() -> torch.device:
+    if not torch.cuda.is_available():
+        raise ValueError("device is 'cuda' but no CUDA device is available")
+    return torch.device("cuda")
+
+
+# TrainConfig.device: name -> the torch device it means on this machine.
+DEVICES = {"auto": _auto_device, "cpu": lambda: torch.device("cpu"), "cuda": _cuda_device}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; expected one of {', '.join(DEVICES)}")
+    return DEVICES[name]()
+
+
+def split_rows(config: TrainConfig, index, fold: str) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of the training and validation patches when `fold` is validated on.
+
+    The patients of `config.held_out` (the test set) are in neither: folds are dealt over
+    the other patients only.
+    """
+    names = fold_names(config.num_folds)
+    if fold not in names:
+        raise ValueError(f"fold must be one of {', '.join(names)}, got {fold!r}")
+    in_folds = ~index.patient.isin(config.held_out).to_numpy()
+    folds = assign_folds(index[in_folds], config.folds, k=config.num_folds, seed=config.fold_seed)
+    patient_fold = index.patient.map(folds).to_numpy()
+    validate = in_folds & (patient_fold == fold)
+    return np.flatnonzero(in_folds & ~validate), np.flatnonzero(validate)
+
+
+def heldout_rows(config: TrainConfig, index) -> np.ndarray:
+    """Row numbers of the held-out (test) patients' patches."""
+    return np.flatnonzero(index.patient.isin(config.held_out).to_numpy())
+
+
+def open_checked_store(config: TrainConfig) -> PatchStore:
+    if not config.data:
+        raise ValueError("config.data must name a patch store (python -m mtl.data)")
+    store = open_store(config.data)
+    if store.size != config.image_size:
+        raise ValueError(
+            f"image_size is {config.image_size} but the store {config.data} holds "
+            f"{store.size}x{store.size} patches"
+        )
+    return store
+
+
+# TrainConfig.lr_schedule: name -> the factor on lr during epoch e (1-based) of E epochs.
+# constant (the original; epoch k of a longer run equals a k-epoch run, which ASHA and an
+# epochs search rely on) or cosine decay to zero over the E epochs, per epoch.
+LR_SCHEDULES = {
+    "constant": lambda epoch, epochs: 1.0,
+    "cosine": lambda epoch, epochs: 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs)),
+}
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The network's learning rate during `epoch` (1-based); a function of the epoch alone."""
+    return config.lr * LR_SCHEDULES[config.lr_schedule](epoch, config.epochs)
+
+
+class Trainer(Protocol):
+    """What `study`, the CLI and the benches need of a fold's trainer (see the module doc)."""
+
+    epoch: int  # epochs completed
+
+    def run_epoch(self, progress: Callable[[int], None] | None = None) -> EpochMetrics: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class FoldTrainer:
+    """Trains on every fold but `fold` and validates on `fold`, one epoch per `run_epoch()`."""
+
+    def __init__(self, config: TrainConfig, fold: str, store: PatchStore | None = None):
+        self.config, self.fold = config, fold
+        self.store = store or open_checked_store(config)
+        train_rows, val_rows = split_rows(config, self.store.index, fold)
+        if len(train_rows) < config.batch_size:
+            raise ValueError(f"fold {fold}: {len(train_rows)} training patches, fewer than a batch")
+        if not len(val_rows):
+            raise ValueError(f"fold {fold} has no patients in {config.data}")
+        self.val_index = self.store.index.iloc[val_rows].reset_index(drop=True)
+
+        self.device = resolve_device(config.device)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: training drops the last batch
+        torch.manual_seed(config.seed)
+        self.model = MultiTaskUNet.from_config(config).to(self.device)
+        if cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=cuda)
+        self.balancer = build_balancer(
+            config.balancer,
+            self.model.shared_parameters(),
+            alpha=config.alpha,
+            lr=config.balancer_lr,
+        ).to(self.device)
+        options = {"num_workers": config.num_workers, "pin_memory": cuda, "seed": config.seed}
+        augment = build_augmentation(config.augment)
+        self.train_loader = make_loader(
+            PatchDataset(self.store, train_rows, augment),
+            config.batch_size,
+            shuffle=True,
+            **options,
+        )
+        self.val_loader = make_loader(
+            PatchDataset(self.store, val_rows), config.batch_size, shuffle=False, **options
+        )
+        self.epoch = 0  # epochs completed
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.train_loader) + len(self.val_loader)
+
+    def run_epoch(self, progress: Callable[[int], None] | None = None) -> EpochMetrics:
+        """Train one epoch, validate, and return its metrics. `progress(n)` after each batch."""
+        start = time.perf_counter()
+        self.epoch += 1
+        # Data order and augmentation depend on (seed, epoch) only: any epoch can be replayed.
+        self.train_loader.batch_sampler.set_epoch(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.epoch)
+        self.model.train()
+        skipped_before = int(self.balancer.skipped_steps)
+        sums = RunningSums(self.device, self.config.threshold)
+        for batch in self.train_loader:
+            batch = self._to_device(batch)
+            with self._autocast():
+                output = self.model(batch["image"])
+            losses = task_losses(output, batch, self.config.seg_loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.balancer.backward(losses)
+            self.optimizer.step()
+            sums.update(output, batch, losses)
+            if progress:
+                progress(1)
+        train = sums.result()
+        self.balancer.end_epoch([train.loss_seg, train.loss_pattern, train.loss_intensity])
+        val = self.evaluate(progress)
+        return EpochMetrics(
+            epoch=self.epoch,
+            train=train,
+            val=val,
+            weights=tuple(self.balancer.weights.tolist()),
+            skipped_steps=int(self.balancer.skipped_steps) - skipped_before,
+            seconds=time.perf_counter() - start,
+        )
+
+    @torch.inference_mode()
+    def evaluate(self, progress: Callable[[int], None] | None = None) -> SplitMetrics:
+        """Validation metrics at patch level and by majority vote per image and patient."""
+        self.model.eval()
+        sums = RunningSums(self.device, self.config.threshold)
+        pattern_probs, intensity_probs = [], []
+        for batch in self.val_loader:
+            batch = self._to_device(batch)
+            with self._autocast():
+                output = self.model(batch["image"])
+            sums.update(output, batch, task_losses(output, batch, self.config.seg_loss))
+            pattern_probs.append(output.pattern.float().softmax(1))
+            intensity_probs.append(output.intensity.float().sigmoid())
+            if progress:
+                progress(1)
+        votes = majority_votes(
+            self.val_index,
+            torch.cat(pattern_probs).cpu().numpy(),
+            torch.cat(intensity_probs).cpu().numpy(),
+        )
+        return sums.result(**votes)
+
+    def state_dict(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "fold": self.fold,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "balancer": self.balancer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != CHECKPOINT_VERSION or state.get("fold") != self.fold:
+            raise ValueError(
+                f"checkpoint of fold {state.get('fold')!r} (version {state.get('version')}) "
+                f"cannot resume fold {self.fold!r} (version {CHECKPOINT_VERSION})"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.balancer.load_state_dict(state["balancer"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch = int(state["epoch"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the fold's state atomically (temporary file, then rename)."""
+        return write_checkpoint(self.state_dict(), path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        self.load_state_dict(read_checkpoint(path))
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
+        if self.device.type == "cuda":
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def _autocast(self):
+        # bf16 on CUDA needs no GradScaler; on a CPU autocast is much slower, so it stays fp32.
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda")
+
+
+def checkpoint_name(fold: str) -> str:
+    """The file a fold's checkpoint is kept in, in any folder (a run's, a Tune checkpoint's)."""
+    return f"fold-{fold}.pt"
+
+
+def write_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """torch.save to `path` atomically: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    """A fold's state as the bytes of a checkpoint file (to send from a worker on another
+    node)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def read_checkpoint(source: str | os.PathLike | bytes) -> dict:
+    """A fold's state from a checkpoint file or its bytes, on the CPU: RNG states stay CPU
+    tensors, and the trainer moves the rest to its device.
+
+    weights_only: a checkpoint holds tensors and plain containers, never pickled code.
+    """
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    return torch.load(source, map_location="cpu", weights_only=True)
+
+
+def checkpoint_due(config: TrainConfig, epoch: int) -> bool:
+    """Whether a fold (or a trial) checkpoints after `epoch`: every `checkpoint_every`
+    epochs and after the last one."""
+    return epoch % config.checkpoint_every == 0 or epoch == config.epochs
+
+
+def open_trainer(
+    config: TrainConfig, fold: str, checkpoint: str | os.PathLike | None = None
+) -> FoldTrainer:
+    """A fold's trainer, new or continuing the checkpoint of an earlier run."""
+    trainer = FoldTrainer(config, fold)
+    if checkpoint is not None:
+        trainer.load(checkpoint)
+    return trainer
+
+
+def train_epochs(
+    trainer: Trainer,
+    epochs: int,
+    *,
+    save: Callable[[], object] | None = None,
+    due: Callable[[int], bool] = lambda epoch: True,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[EpochMetrics]:
+    """The one loop over a fold's epochs: from the trainer's epoch to `epochs`, train one
+    epoch, `save()` when `due(epoch)`, call `on_epoch(metrics)`, and yield the metrics.
+
+    A generator, so that callers step it as they need: the CLI runs it to the end, a
+    study's fold worker one epoch per lockstep round. `progress(n)` after every batch.
+    """
+    while trainer.epoch < epochs:
+        metrics = trainer.run_epoch(progress)
+        if save is not None and due(metrics.epoch):
+            save()
+        if on_epoch is not None:
+            on_epoch(metrics)
+        yield metrics

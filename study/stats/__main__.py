@@ -1,0 +1,7 @@
+"""`python -m study.stats`: see study/stats/cli.py."""
+
+import sys
+
+from study.stats.cli import main
+
+sys.exit(main())

@@ -1,0 +1,326 @@
+"""The numbers of a study's report, pure pandas: which epoch of each fold, per-fold tables,
+the comparison of configurations, their labels, the stopped trials, the original study side
+by side, and the results folder they come from. study/render.py turns them into text,
+study/report.py into report.md, CSVs and figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mtl import SCORE_METRICS, TrainConfig
+from study.stats import KEY_COLUMNS, STUDY_METRICS, compare_to_best
+
+LEVELS = {
+    "patch": "patch level",
+    "image": "image level (majority vote over a specimen's patches)",
+    "patient": "patient level (majority vote over a patient's patches)",
+}
+EPOCHS = {
+    "final": "final epoch",
+    "best": "best epoch per fold (by the fold's validation score)",
+}
+# How a fold's epoch is chosen: the one where this key is largest (the first of ties).
+EPOCH_KEYS = {
+    "final": lambda val: val.epoch,
+    "best": lambda val: val.score.fillna(-np.inf),
+}
+NO_VOTED_PIXELS = (
+    "Majority votes label specimens and patients, not pixels: there is no image- or "
+    "patient-level pixel accuracy or Dice; the patch-level values are shown, so labelled."
+)
+
+
+def level_metrics(level: str) -> dict[str, str]:
+    """Column of epochs.parquet -> row title. The first three make a fold's score.
+
+    Votes label whole specimens or patients, not pixels: pixel accuracy and Dice exist at
+    patch level only and are shown, so labelled, at every level.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; expected one of {', '.join(LEVELS)}")
+    if level == "patch":
+        return {
+            "pixel_acc": "pixel accuracy",
+            "pattern_acc": "pattern accuracy",
+            "intensity_acc": "intensity accuracy",
+            "dice": "Dice (cells)",
+            "pattern_mca": "pattern mean class acc.",
+        }
+    return {
+        "pixel_acc": "pixel acc. (patch level)",
+        f"{level}_pattern_acc": "pattern accuracy",
+        f"{level}_intensity_acc": "intensity accuracy",
+        "dice": "Dice (patch level)",
+        f"{level}_pattern_mca": "pattern mean class acc.",
+    }
+
+
+# Every metric with its level in its name, for tables that mix levels.
+METRIC_TITLES = {
+    "score": "score (mean of pixel, pattern, intensity acc.)",
+    "pixel_acc": "pixel accuracy",
+    "dice": "Dice (cells)",
+    "iou": "IoU (cells)",
+    "pattern_acc": "pattern accuracy",
+    "pattern_mca": "pattern mean class acc.",
+    "intensity_acc": "intensity accuracy",
+    **{
+        f"{level}_{metric}": f"{title}, {level} vote"
+        for level in ("image", "patient")
+        for metric, title in (
+            ("pattern_acc", "pattern accuracy"),
+            ("pattern_mca", "pattern mean class acc."),
+            ("intensity_acc", "intensity accuracy"),
+        )
+    },
+}
+
+
+def row_titles(level: str) -> dict[str, str]:
+    return {**level_metrics(level), "score": "score (mean of first 3)", "epoch": "epoch"}
+
+
+def select_epochs(epochs: pd.DataFrame, level: str = "patch", epoch: str = "final") -> pd.DataFrame:
+    """One validation row per (trial, fold), with a `score` column: the mean of the fold's
+    pixel, pattern and intensity accuracy at `level`.
+
+    `final`: the fold's last epoch (for a pruned trial, the last one it ran). `best`: the
+    epoch of the fold's highest score, the earliest of ties: a retrospective choice, an
+    optimistic estimate, which every title says.
+    """
+    metrics = list(level_metrics(level))
+    if epoch not in EPOCHS:
+        raise ValueError(f"unknown epoch {epoch!r}; expected one of {', '.join(EPOCHS)}")
+    val = epochs[epochs.split == "val"].sort_values(["trial_id", "fold", "epoch"])
+    val = val.reset_index(drop=True).reindex(columns=list(dict.fromkeys([*val, *metrics])))
+    val["score"] = val[metrics[:3]].mean(axis=1, skipna=False)
+    if val.empty:
+        return val
+    chosen = EPOCH_KEYS[epoch](val).groupby([val.trial_id, val.fold]).idxmax()
+    return val.loc[chosen.to_numpy()].reset_index(drop=True)
+
+
+def summary_columns(level: str) -> list[str]:
+    return [*level_metrics(level), "score", "epoch"]
+
+
+def fold_table(selected: pd.DataFrame, trial_id: str, level: str = "patch") -> pd.DataFrame:
+    """One trial's Fig. 4 table: rows the metrics, the score and the epoch used; columns the
+    folds, then `mean` and `std` (sample std, ddof=1) over them."""
+    rows = selected[selected.trial_id == trial_id].set_index("fold").sort_index()
+    folds = rows[summary_columns(level)].T.astype(float).rename_axis(index="metric", columns=None)
+    return folds.assign(mean=folds.mean(axis=1), std=folds.std(axis=1, ddof=1))
+
+
+def summarise(selected: pd.DataFrame, level: str = "patch") -> pd.DataFrame:
+    """Per trial (index): mean and sample std (`<metric>_std`) over folds of every metric,
+    the score and the epoch, and the number of folds; the best score first.
+
+    At patch level and the final epoch, `score` is the study's cv_score.
+    """
+    columns = summary_columns(level)
+    grouped = selected.groupby("trial_id")[columns]
+    summary = grouped.mean().join(grouped.std(ddof=1).add_suffix("_std"))
+    summary["folds"] = selected.groupby("trial_id").fold.nunique()
+    return summary.sort_values("score", ascending=False, kind="stable")
+
+
+def value_text(value: object) -> str:
+    """A configuration value as a label shows it: 0.06, dice, (64, 32, 16)."""
+    if isinstance(value, np.ndarray | list | tuple):
+        return str(tuple(np.asarray(value).tolist()))
+    if isinstance(value, float):
+        return f"{value:.3g}"  # a searched 0.0636647... reads as 0.0637
+    return str(value)
+
+
+def varying_fields(trials: pd.DataFrame, keys=()) -> list[str]:
+    """The TrainConfig fields whose value differs between trials; else the study's `keys`
+    (a study of one configuration, or one whose trials all drew the same values)."""
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name in trials]
+    varying = [f for f in fields if trials[f].map(value_text).nunique() > 1]
+    return varying or [key for key in keys if key in trials]
+
+
+def configuration_label(row: pd.Series, keys) -> str:
+    return ", ".join(f"{key}={value_text(row[key])}" for key in keys) or "base"
+
+
+def configuration_labels(trials: pd.DataFrame, keys=()) -> pd.Series:
+    """trial_id -> label from what varies, e.g. 'seg_loss=dice, alpha=0.06'; unique."""
+    keys = varying_fields(trials, keys)
+    labels = pd.Series(
+        [configuration_label(row, keys) for _, row in trials.iterrows()],
+        index=trials.trial_id.to_numpy(),
+        dtype=object,
+    )
+    twins = labels.duplicated(keep=False)  # the same values drawn twice (a search can)
+    labels[twins] = [f"{label} ({trial})" for trial, label in labels[twins].items()]
+    return labels
+
+
+def stopped_trials(trials: pd.DataFrame, last: pd.DataFrame) -> pd.DataFrame:
+    """Pruned and errored trials with their last state: epochs run of those planned, the
+    score of their last epoch (from `last`, a summary at the final epoch), the error."""
+    stopped = trials[trials.status != "completed"]
+    score = stopped.trial_id.map(last["score"]) if len(last) else np.nan
+    return pd.DataFrame(
+        {
+            "trial_id": stopped.trial_id,
+            "status": stopped.status,
+            "epochs_run": stopped.epochs_run,
+            "epochs": stopped.epochs,
+            "last_score": score,
+            "error": stopped.error,
+        }
+    ).reset_index(drop=True)
+
+
+def original_results() -> pd.DataFrame:
+    """The original study's six configurations (patch level, final epoch, fold means)."""
+    text = resources.files("study").joinpath("data/original_results.csv").read_text()
+    return pd.read_csv(io.StringIO(text))
+
+
+def compare_with_original(
+    original: pd.DataFrame, summary: pd.DataFrame, trials: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per original configuration: its accuracies, ours (mean and std over folds, of
+    the best-scoring of our trials with the same seg_loss, epochs and alpha; NaN without
+    one) and ours - original. `summary` is a patch-level summary: all the original has."""
+    ours = trials[trials.trial_id.isin(summary.index)]
+    rows = []
+    for orig in original.itertuples(index=False):
+        same = (
+            (ours.seg_loss == orig.seg_loss)
+            & (ours.epochs == orig.epochs)
+            & np.isclose(ours.alpha.astype(float), orig.alpha)
+        )
+        matched = summary.loc[ours.trial_id[same]]
+        best = matched.score.idxmax() if len(matched) else None
+        row = {"seg_loss": orig.seg_loss, "epochs": orig.epochs, "alpha": orig.alpha,
+               "trial_id": best, "matches": len(matched)}  # fmt: skip
+        mine = summary.loc[best] if best is not None else {}
+        for metric in SCORE_METRICS:
+            row[f"original_{metric}"] = getattr(orig, metric)
+            row[f"ours_{metric}"] = mine.get(metric, np.nan)
+            row[f"ours_{metric}_std"] = mine.get(f"{metric}_std", np.nan)
+            row[f"difference_{metric}"] = row[f"ours_{metric}"] - row[f"original_{metric}"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Results:
+    path: Path
+    name: str
+    epochs: pd.DataFrame
+    trials: pd.DataFrame
+    keys: tuple[str, ...]  # the fields the study set out to vary
+    score_metrics: tuple[str, ...]  # what the study's own cv_score averages
+    num_folds: int | None = None  # k of the (repeated) k-fold cross-validation
+    held_out: bool = False  # whether the study kept a test set out of every fold
+    test: pd.DataFrame | None = None  # test.parquet: the chosen configuration's test estimate
+
+
+def study_keys(study: dict) -> tuple[str, ...]:
+    """The fields a study varies, from study.json: its configurations' keys, its search
+    space's, or (older files) its grid's."""
+    keys = [k for c in study.get("configurations", ()) for k in c]
+    return tuple(dict.fromkeys([*keys, *study.get("space", {}), *study.get("grid", {})]))
+
+
+def load_results(path: str | Path) -> Results:
+    """epochs.parquet, trials.parquet and study.json of one study folder (RESULTS/NAME)."""
+    path = Path(path)
+    missing = [n for n in ("epochs.parquet", "trials.parquet") if not (path / n).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{path} has no {' or '.join(missing)}: expected a study's folder, RESULTS/NAME"
+        )
+    study_file = path / "study.json"
+    study = json.loads(study_file.read_text()) if study_file.is_file() else {}
+    train = study.get("train", {})
+    test_file = path / "test.parquet"
+    return Results(
+        path=path,
+        name=study.get("name", path.name),
+        epochs=pd.read_parquet(path / "epochs.parquet"),
+        trials=pd.read_parquet(path / "trials.parquet"),
+        keys=study_keys(study),
+        score_metrics=tuple(study.get("score_metrics", SCORE_METRICS)),
+        num_folds=train.get("num_folds"),
+        held_out=bool(train.get("held_out")),
+        test=pd.read_parquet(test_file) if test_file.is_file() else None,
+    )
+
+
+def fold_statistics(
+    results: Results, selected: pd.DataFrame, done: pd.Series, level: str, rope: float
+) -> pd.DataFrame:
+    """Every completed configuration against the best, fold by fold, on the report's rows."""
+    metrics = ["score", *level_metrics(level)]
+    per_fold = selected[selected.trial_id.isin(done)]
+    if per_fold.empty:
+        return pd.DataFrame()
+    columns = ["trial_id", "fold", *(["repeat"] if "repeat" in per_fold else []), *metrics]
+    return compare_to_best(
+        per_fold[columns], metrics, folds_per_repeat=results.num_folds, rope=rope
+    )
+
+
+def optimism_sentence(table: pd.DataFrame, metric: str = "score") -> str:
+    """One line: the cross-validated and the test estimate of the chosen configuration."""
+    row = table.set_index("metric").loc[metric]
+    interval = f"95% bootstrap interval {row.ci_low:.3f} to {row.ci_high:.3f}"
+    inside = row.ci_low <= row.cv <= row.ci_high
+    verdict = (
+        "the cross-validated estimate lies inside it"
+        if inside
+        else "the cross-validated estimate lies outside it"
+    )
+    return (
+        f"Test estimate of the chosen configuration ({row.test_patients} held-out patients, "
+        f"{row.folds} fold models as one ensemble): {metric} {row.test:.3f} ({interval}); "
+        f"cross-validated {row.cv:.3f}, optimism of the selection {row.optimism:+.3f} "
+        f"({verdict})."
+    )
+
+
+def study_per_fold(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """A study's per-fold table: the validation rows of its completed trials at each (trial,
+    fold)'s last epoch.
+
+    Pruned trials stopped early, at an epoch the completed ones went past: comparing them
+    would compare training lengths, not configurations; errored and unfinished ones have no
+    final epoch. Columns: trial_id, fold, `repeat` if epochs has one, `score` (the mean of
+    pixel, pattern and intensity accuracy, NaN if any is NaN: the study's cv_score per fold),
+    then the STUDY_METRICS present in epochs. Sorted by trial_id, (repeat,) fold.
+    """
+    for table, name, columns in (
+        (epochs, "epochs", ("trial_id", "fold", "epoch", "split")),
+        (trials, "trials", ("trial_id", "status")),
+    ):
+        for column in columns:
+            if column not in table:
+                raise ValueError(f"the {name} table has no {column!r} column")
+    completed = trials.loc[trials.status == "completed", "trial_id"]
+    val = epochs[(epochs.split == "val") & epochs.trial_id.isin(completed)].reset_index(drop=True)
+    keys = [c for c in KEY_COLUMNS if c in val]
+    last = val.loc[val.groupby(keys, sort=False)["epoch"].idxmax().to_numpy()]
+    score = pd.Series(math.nan, index=last.index)
+    if all(c in last for c in SCORE_METRICS):
+        score = last[list(SCORE_METRICS)].astype(float).mean(axis=1, skipna=False)
+    metrics = [c for c in STUDY_METRICS[1:] if c in last]
+    per_fold = last[keys].assign(score=score).join(last[metrics])
+    return per_fold.sort_values(keys, kind="stable").reset_index(drop=True)

@@ -1,0 +1,277 @@
+"""Assembling and running a study's Tuner: the data and resumption checks before Ray, the
+placement of fold workers, the Tuner itself (Optuna or a grid, ASHA), and what follows the
+trials (checkpoints kept, the fold-paired statistics, the test estimate).
+
+`run_study` is the whole of it on a Ray instance already started; `python -m study.run`
+(study/run.py) is the command line around it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.progress import Progress
+
+from mtl import build_synthetic_store, holdout_patients, open_store, split_label, split_rows
+from study.presets import StudyConfig
+from study.storage import fetch_store, is_uri, store_cache
+
+console = Console()
+
+
+def prepare_data(study: StudyConfig, results: Path) -> StudyConfig:
+    """Make sure the study's patch store exists and fits every configuration, before Ray."""
+    if study.train.data:
+        # A URI stays the study's data: every node fetches (and checks) its own copy.
+        store = open_store(fetch_store(study.train.data, store_cache()))
+    else:
+        spec = study.synthetic
+        name = f"synthetic-{spec.size}px-{spec.patients}p-{spec.specimens}s-seed{spec.seed}"
+        path = (results / "data" / name).resolve()
+        try:
+            store = open_store(path)
+        except FileNotFoundError:
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task(f"generating {path}", total=spec.num_patches)
+                store = build_synthetic_store(
+                    path, spec, progress=lambda n: progress.advance(task, n)
+                )
+        study = dataclasses.replace(study, train=study.train.replace(data=str(path)))
+    if study.test_patients:
+        # Chosen once, before any trial, and written into study.json as patient ids: every
+        # trial (and a resumed study) holds out the same patients.
+        held_out = holdout_patients(store.index, study.test_patients, study.train.fold_seed)
+        if study.train.held_out and tuple(study.train.held_out) != held_out:
+            raise ValueError(
+                "test_patients and held_out both choose a test set, and they differ: give one"
+            )
+        study = dataclasses.replace(study, train=study.train.replace(held_out=held_out))
+    unknown = set(study.train.held_out) - set(store.index.patient)
+    if unknown:
+        raise ValueError(f"held_out: patients {sorted(unknown)[:5]} are not in {store.path}")
+    for config in study.train_configs():
+        if store.size != config.image_size:
+            raise ValueError(
+                f"image_size is {config.image_size} but {store.path} holds {store.size} px patches"
+            )
+        for label in study.folds:
+            repeat, fold = split_label(label)
+            split = config.replace(fold_seed=config.fold_seed + repeat)
+            train, val = split_rows(split, store.index, fold)
+            if not len(val) or len(train) < config.batch_size:
+                raise ValueError(f"fold {label} of {store.path} is too small to train or validate")
+    return study
+
+
+def check_resumable(study: StudyConfig, folder: Path, resume: bool) -> bool:
+    """Whether FOLDER holds this study to continue; refuses one with another configuration."""
+    saved = folder / "study.json"
+    if not saved.exists():
+        if resume:
+            raise ValueError(f"--resume: there is no study in {folder}")
+        return False
+    mine = json.loads(json.dumps(dataclasses.asdict(study), default=str))
+    theirs = json.loads(saved.read_text())
+    differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if differ:
+        raise ValueError(
+            f"{folder} holds a study with another configuration ({', '.join(differ)} differ); "
+            "choose a new --name, or rerun with the same preset and settings to resume it"
+        )
+    return True
+
+
+def fold_placement(study: StudyConfig) -> tuple[object, dict | None, int]:
+    """(Tune resources of a trial, fold actor options or None for in-process folds, threads)."""
+    import ray
+    from ray import tune
+
+    gpus = study.gpus_per_fold
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    if gpus == 0 and not study.fold_resources:
+        return {"cpu": study.cpus_per_trial}, None, max(1, int(study.cpus_per_trial))
+    bundle = {"CPU": study.cpus_per_fold, "GPU": gpus, **study.fold_resources}
+    folds = study.folds
+    # An empty head bundle: the trial itself only coordinates; bundle i is fold i's.
+    resources = tune.PlacementGroupFactory(
+        [{}] + [bundle] * len(folds), strategy=study.fold_strategy
+    )
+    options = {"num_cpus": study.cpus_per_fold, "num_gpus": gpus}
+    if study.fold_resources:
+        options["resources"] = dict(study.fold_resources)
+    return resources, options, max(1, int(study.cpus_per_fold))
+
+
+def build_tuner(
+    study: StudyConfig,
+    folder: Path,
+    experiment: str,
+    *,
+    resume: bool,
+    verbose: bool,
+    trainer: type | None = None,
+):
+    """The Tuner of the study (restored from EXPERIMENT/tune when resuming); tables and the
+    Optuna database go to FOLDER."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from study.callbacks import LiveView, ResultsWriter
+    from study.search import asha, optuna_search, tune_space
+    from study.trial import run_trial
+
+    resources, actor_options, threads = fold_placement(study)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            base=study.train,
+            folds=study.folds,
+            score_metrics=study.score_metrics,
+            store_hash=open_store(fetch_store(study.train.data, store_cache())).content_hash,
+            actor_options=actor_options,
+            threads=threads,
+            **({"trainer": trainer} if trainer else {}),
+        ),
+        resources,
+    )
+    if resume:
+        return tune.Tuner.restore(
+            f"{experiment}/tune", trainable, resume_unfinished=True, resume_errored=False
+        )
+    if study.space:
+        search_alg, param_space = (
+            optuna_search(study.name, folder, study.seed, study.warm_start),
+            tune_space(study.space),
+        )
+    else:
+        # Each configuration is one point to evaluate; every point names every varying field
+        # (the base value where it has none), so nothing is ever sampled at random.
+        keys = study.varying
+        base = dataclasses.asdict(study.train)
+        points = [{k: c.get(k, base[k]) for k in keys} for c in study.configurations] or [{}]
+        param_space = {k: tune.choice([p[k] for p in points]) for k in keys}
+        search_alg = BasicVariantGenerator(points_to_evaluate=points)
+    scheduler = (
+        asha(study.max_epochs, study.grace_period, study.reduction_factor)
+        if study.scheduler == "asha"
+        else None
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric="cv_score",
+            mode="max",
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=study.num_trials,
+            max_concurrent_trials=study.max_concurrent or None,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=experiment,
+            verbose=2 if verbose else 0,
+            callbacks=[ResultsWriter(study, folder)] + ([] if verbose else [LiveView(study)]),
+            failure_config=tune.FailureConfig(max_failures=study.max_failures),
+            # Keep the latest checkpoint only; every new one also syncs the experiment state,
+            # so a killed driver resumes from where its trials really were.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def run_study(
+    study: StudyConfig,
+    results: Path,
+    *,
+    resume: bool = False,
+    verbose: bool = False,
+    trainer: type | None = None,
+    storage: str | None = None,
+):
+    """Run (or continue) the study on the Ray instance already initialised; return its tables.
+
+    Tables, study.json and optuna.db go to RESULTS/NAME; Ray's experiment to STORAGE/NAME/tune
+    (default RESULTS/NAME/tune). `trainer` replaces mtl.train.FoldTrainer (tests use
+    scripted stand-ins).
+    """
+    if not verbose:
+        # Ray's newer console output ignores verbose=0; the legacy reporter honours it.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # Every checkpoint syncs the experiment state on purpose (see build_tuner).
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    folder = (results / study.name).resolve()
+    resume = check_resumable(study, folder, resume)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        text = json.dumps(dataclasses.asdict(study), indent=2, default=str)
+        (folder / "study.json").write_text(text + "\n")
+    experiment = f"{storage.rstrip('/')}/{study.name}" if storage else str(folder)
+    (folder / "run.json").write_text(json.dumps({"experiment": f"{experiment}/tune"}) + "\n")
+    build_tuner(study, folder, experiment, resume=resume, verbose=verbose, trainer=trainer).fit()
+    epochs, trials = (pd.read_parquet(folder / f"{t}.parquet") for t in ("epochs", "trials"))
+    drop_checkpoints(f"{experiment}/tune", trials, study.keep_checkpoints)
+    finish(study, folder, epochs, trials)
+    return epochs, trials
+
+
+def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.DataFrame) -> None:
+    """After the trials: the fold-paired statistics (stats.parquet, stats.csv) and, with a
+    test set, the chosen configuration's test estimate (test.parquet)."""
+    from study.holdout import evaluate_test_set
+    from study.stats import compare_to_best, write_stats
+    from study.summary import study_per_fold
+
+    per_fold = study_per_fold(epochs, trials)
+    if len(per_fold):
+        stats = compare_to_best(per_fold, folds_per_repeat=study.train.num_folds)
+        write_stats(stats, folder)
+    (folder / "test.parquet").unlink(missing_ok=True)  # never a stale one beside new trials
+    if not study.train.held_out:
+        return
+    if not (trials.status == "completed").any():
+        console.print("no completed trial: no test estimate")
+        return
+    with console.status("test estimate: the best configuration on the held-out patients"):
+        try:
+            evaluate_test_set(folder, study.name, study.repeats, study.seed)
+        except FileNotFoundError as error:  # e.g. checkpoints kept on s3://, not here
+            console.print(f"[yellow]no test estimate:[/yellow] {error}")
+
+
+def drop_checkpoints(experiment: str, trials: pd.DataFrame, keep: int) -> list[str]:
+    """Delete the checkpoints of finished trials beyond the `keep` best (0: keep all);
+    completed trials rank before pruned and errored ones, then by cross-validated score.
+
+    Unfinished trials keep theirs: a later --resume continues from them.
+    """
+    from pyarrow import fs
+
+    if keep == 0:
+        return []
+    finished = trials[trials.status.isin(["completed", "pruned", "errored"])]
+    if "cv_score" not in finished:  # no trial ever reported
+        finished = finished.assign(cv_score=float("nan"))
+    ranked = finished.assign(rank=finished.status.ne("completed")).sort_values(
+        ["rank", "cv_score"], ascending=[True, False]
+    )
+    if is_uri(experiment):
+        filesystem, root = fs.FileSystem.from_uri(experiment)
+    else:
+        filesystem, root = fs.LocalFileSystem(), experiment
+    trial_folders = filesystem.get_file_info(fs.FileSelector(root))
+    dropped = []
+    for trial_id in ranked.trial_id.iloc[keep:]:
+        for folder in trial_folders:
+            if folder.type == fs.FileType.Directory and f"_{trial_id}_" in folder.base_name:
+                for item in filesystem.get_file_info(fs.FileSelector(folder.path)):
+                    if item.base_name.startswith("checkpoint_"):
+                        filesystem.delete_dir(item.path)
+                        dropped.append(item.path)
+    return dropped

@@ -1,0 +1,48 @@
+"""One trainer contract, one epoch loop: a fold trained by `python -m mtl.train` and the
+same fold trained by the study's fold worker give the same metrics."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from mtl import epoch_frame, tiny
+from study.trial import FoldWorker
+
+
+@pytest.fixture
+def one_thread():
+    """The fold worker sets this process to one thread (as a worker given one CPU); restore
+    it afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_cli_and_the_study_s_fold_worker_train_alike(tiny_store, tmp_path, one_thread):
+    argv = ["--data", str(tiny_store.path), "--fold", "B", "--preset", "tiny"]
+    cli = subprocess.run(
+        [sys.executable, "-m", "mtl.train", *argv, "--out", str(tmp_path / "cli")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # one thread, as the fold worker below
+        capture_output=True,
+        text=True,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    by_cli = pd.read_parquet(tmp_path / "cli" / "epochs.parquet")
+
+    config = tiny().replace(data=str(tiny_store.path))
+    worker = FoldWorker(config, "B", threads=1, store_hash=tiny_store.content_hash)
+    epochs = [worker.run_epoch()[0] for _ in range(config.epochs)]
+    by_worker = epoch_frame("single", "B", epochs)
+
+    assert len(by_cli) == len(by_worker) == 2 * config.epochs
+    numbers = [c for c in by_cli.select_dtypes("number").columns if c != "seconds"]
+    assert "pattern_acc" in numbers and "weight_seg" in numbers
+    for column in numbers:
+        assert by_worker[column].to_numpy() == pytest.approx(
+            by_cli[column].to_numpy(), abs=1e-6, nan_ok=True
+        ), column
