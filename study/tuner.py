@@ -172,6 +172,10 @@ def build_tuner(
             scheduler=scheduler,
             num_samples=study.num_trials,
             max_concurrent_trials=study.max_concurrent or None,
+            # A finished trial's process runs the next one: no new process importing torch
+            # and smp (seconds each) per trial. A stopped trial still busy in its epoch is
+            # not reused; Tune starts a new process then.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name="tune",

@@ -18,7 +18,7 @@ from study.tuner import prepare_data, run_study
 
 pytestmark = pytest.mark.slow  # whole studies, killed and resumed
 
-EPOCHS = 3
+EPOCHS = 2  # a checkpoint to resume from, and an epoch after it
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
 
 
