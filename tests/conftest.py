@@ -22,12 +22,21 @@ def tiny_config(tiny_store):
     return tiny().replace(data=str(tiny_store.path))
 
 
+def start_local_ray() -> None:
+    """A new local Ray sized for a 2-core machine. fold_slot lets a test place a trial's
+    folds as actors without GPUs (StudyConfig.fold_resources)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, resources={"fold_slot": 2}, include_dashboard=False,
+             configure_logging=False)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A fresh local Ray (never a cluster named by RAY_ADDRESS), shut down afterwards."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+    start_local_ray()
     yield ray
     ray.shutdown()
 
@@ -79,4 +88,4 @@ def local_cluster():
     for cluster in clusters:
         cluster.shutdown()
     if session_ray:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+        start_local_ray()
