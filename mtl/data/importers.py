@@ -17,13 +17,11 @@ leaves nothing behind and never touches an existing store.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
-import re
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import cv2
@@ -31,25 +29,23 @@ import numpy as np
 import pandas as pd
 
 from mtl.data.grid import PatchGrid
+from mtl.data.label_tables import (
+    SPECIMEN_NAME,
+    ImportProblems,
+    LabelRow,
+    check_rows,
+    make_patch_id,
+    mask_file_name,
+    read_patch_rows,
+    read_table_rows,
+    require_folder,
+)
 from mtl.data.store import PatchStore, StoreWriter
-from mtl.labels import parse_intensity, parse_pattern
 
 # progress(done, total): `done` more patches are finished, out of `total`.
 Progress = Callable[[int, int], None]
 
-PATCH_NAME = re.compile(r"(\d+)_p(\d+)_patch(\d+)\.tiff?", re.IGNORECASE)
-SPECIMEN_NAME = re.compile(r"(\d+)_p(\d+)\.tiff?", re.IGNORECASE)
 ORIGINAL_GRID = PatchGrid()  # 5 x 3 patches of 384 on a 1388 x 1040 specimen
-
-
-class ImportProblems(ValueError):
-    """Everything wrong with an import's input: `.problems`, one message per problem."""
-
-    def __init__(self, problems: Sequence[str]):
-        self.problems = list(problems)
-        count = len(self.problems)
-        heading = f"{count} problem{'s' if count != 1 else ''} with the input"
-        super().__init__("\n  ".join([heading + ":", *self.problems]))
 
 
 # --- reading images --------------------------------------------------------------------------
@@ -137,204 +133,15 @@ def _load_pair(
     return image, (mask > 0).astype(np.uint8)
 
 
-# --- reading label tables --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Row:
-    """One row of a label table (or one specimen it names); None where a field did not parse."""
-
-    csv: str  # the table's file name, for messages
-    line: int
-    key: object  # what must be unique between rows: a patch, a specimen or a patient
-    patient: int | None
-    specimen: int | None = None
-    patch: int | None = None
-    image: str = ""
-    mask: str = ""
-    pattern: str | None = None
-    intensity: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.csv} line {self.line}: "
-
-
-def _read_csv(path: Path) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of every non-blank row."""
-    if not path.is_file():
-        raise ImportProblems([f"{path}: label table not found"])
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise ImportProblems([f"{path}: not a readable CSV file ({error})"]) from None
-    if not rows:
-        raise ImportProblems([f"{path}: no rows"])
-    return rows
-
-
-def _labels(pattern: str, intensity: str, where: str, problems: list[str]) -> dict:
-    """{'pattern': ..., 'intensity': ...}, leaving out (and reporting) what does not parse."""
-    parsed = {}
-    for field, parse, text in (
-        ("pattern", parse_pattern, pattern),
-        ("intensity", parse_intensity, intensity),
-    ):
-        try:
-            parsed[field] = parse(text)
-        except ValueError as error:
-            problems.append(f"{where}{error}")
-    return parsed
-
-
-def _patch_rows(path: Path, problems: list[str]) -> list[_Row]:
-    """The original headerless CSV: image,mask,pattern,intensity, one row per patch."""
-    rows = []
-    for number, fields in _read_csv(path):
-        where = f"{path.name} line {number}: "
-        if number == 1 and fields[0].strip().lower() == "image":
-            continue  # tolerate a header row, although the original has none
-        if len(fields) != 4:
-            problems.append(f"{where}{len(fields)} fields; expected image,mask,pattern,intensity")
-            continue
-        image, mask = fields[0].strip(), fields[1].strip()
-        if not mask:
-            problems.append(f"{where}no mask named for {image}")
-        labels = _labels(fields[2], fields[3], where, problems)
-        match = PATCH_NAME.fullmatch(Path(image).name)
-        if match is None:
-            problems.append(f"{where}{image!r} is not named {{patient:05d}}_p{{s}}_patch{{k}}.tif")
-            rows.append(_Row(csv=path.name, line=number, key=image, patient=None, image=image))
-            continue
-        patient, specimen, patch = map(int, match.groups())
-        rows.append(
-            _Row(
-                csv=path.name,
-                line=number,
-                key=(patient, specimen, patch),
-                patient=patient,
-                specimen=specimen,
-                patch=patch,
-                image=image,
-                mask=mask,
-                **labels,
-            )
-        )
-    return rows
-
-
-def _table_rows(path: Path, problems: list[str]) -> list[_Row]:
-    """A label table with a header: pattern, intensity and image (+ mask) or patient."""
-    lines = _read_csv(path)
-    header = [cell.strip().lower() for cell in lines[0][1]]
-    if not {"pattern", "intensity", "image", "patient"} & set(header):
-        return _patch_rows(path, problems)  # no header: the original patch CSV
-    column = {name: header.index(name) for name in set(header)}
-    if not {"pattern", "intensity"} <= column.keys() or not {"image", "patient"} & column.keys():
-        raise ImportProblems(
-            [
-                f"{path.name} line 1: the header needs pattern, intensity and an image or "
-                f"patient column; it has {', '.join(header)}"
-            ]
-        )
-    rows = []
-    for number, fields in lines[1:]:
-        where = f"{path.name} line {number}: "
-        if len(fields) != len(header):
-            problems.append(f"{where}{len(fields)} fields; the header has {len(header)}")
-            continue
-        cell = {name: fields[i].strip() for name, i in column.items()}
-        labels = _labels(cell["pattern"], cell["intensity"], where, problems)
-        if "image" in cell:
-            rows.append(_image_row(path.name, number, cell, labels, problems))
-            continue
-        try:
-            patient = int(cell["patient"])
-        except ValueError:
-            problems.append(f"{where}patient {cell['patient']!r} is not a number")
-            continue
-        rows.append(_Row(csv=path.name, line=number, key=patient, patient=patient, **labels))
-    return rows
-
-
-def _image_row(table: str, number: int, cell: dict, labels: dict, problems: list[str]) -> _Row:
-    image = cell["image"]
-    row = _Row(csv=table, line=number, key=image, patient=None, image=image, **labels)
-    match = SPECIMEN_NAME.fullmatch(Path(image).name)
-    if match is None:
-        problems.append(f"{row.where}{image!r} is not named {{patient:05d}}_p{{s}}.tif")
-        return row
-    patient, specimen = map(int, match.groups())
-    if "patient" in cell and _int(cell["patient"]) != patient:
-        problems.append(
-            f"{row.where}patient {cell['patient']!r}, but {image} is of patient {patient}"
-        )
-    mask = cell.get("mask") or _mask_name(image)
-    return replace(row, key=(patient, specimen), patient=patient, specimen=specimen, mask=mask)
-
-
-def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except ValueError:
-        return None
-
-
-def _mask_name(image: str) -> str:
-    path = Path(image)
-    return str(path.with_name(f"{path.stem}_Mask{path.suffix}"))
-
-
-def _check_rows(rows: Iterable[_Row], problems: list[str]) -> dict[int, tuple[str, str]]:
-    """Duplicate rows and patients with conflicting labels -> problems; labels per patient."""
-    first: dict[object, _Row] = {}
-    seen: dict[int, dict[tuple[str, str], list[int]]] = defaultdict(lambda: defaultdict(list))
-    table = ""
-    for row in rows:
-        table = row.csv
-        if row.key in first:
-            what = row.image or f"patient {row.patient}"
-            problems.append(
-                f"{row.where}duplicate row: {what} is already on line {first[row.key].line}"
-            )
-        first.setdefault(row.key, row)
-        if row.patient is not None and row.pattern and row.intensity:
-            seen[row.patient][(row.pattern, row.intensity)].append(row.line)
-    for patient, labels in seen.items():
-        if len(labels) > 1:
-            listed = "; ".join(f"{p}/{i} on {_lines(lines)}" for (p, i), lines in labels.items())
-            problems.append(f"{table}: patient {patient} has conflicting labels: {listed}")
-    return {patient: next(iter(labels)) for patient, labels in seen.items()}
-
-
-def _lines(numbers: list[int]) -> str:
-    if len(numbers) == 1:
-        return f"line {numbers[0]}"
-    more = f" and {len(numbers) - 5} more" if len(numbers) > 5 else ""
-    return f"lines {', '.join(map(str, numbers[:5]))}{more}"
-
-
-def _patch_id(patient: int | None, specimen: int | None, patch: int) -> str | None:
-    return None if patient is None else f"{patient:05d}_p{specimen}_patch{patch}"
-
-
-def _require_folder(src: Path, problems: list[str]) -> None:
-    # Without it every file would be reported missing: say it once, with the table's problems.
-    if not src.is_dir():
-        raise ImportProblems([f"{src}: image folder not found", *problems])
-
-
 # --- writing ---------------------------------------------------------------------------------
 
 
 def _build(
     out: str | os.PathLike,
-    items: Sequence[_Row],
+    items: Sequence[LabelRow],
     index: pd.DataFrame,
     side: int | None,
-    patches: Callable[[_Row], list[tuple[np.ndarray, np.ndarray]]],
+    patches: Callable[[LabelRow], list[tuple[np.ndarray, np.ndarray]]],
     problems: list[str],
     *,
     force: bool,
@@ -384,13 +191,13 @@ def import_patches(
     """
     src, index_csv = Path(src), Path(index_csv)
     problems: list[str] = []
-    rows = _patch_rows(index_csv, problems)
-    labels = _check_rows(rows, problems)
-    _require_folder(src, problems)
+    rows = read_patch_rows(index_csv, problems)
+    labels = check_rows(rows, problems)
+    require_folder(src, problems)
     side, first = (patch_size, None) if patch_size else _first_square(rows, src)
     index = _index(rows, labels, lambda row: [row.patch])
 
-    def patches(row: _Row) -> list[tuple[np.ndarray, np.ndarray]]:
+    def patches(row: LabelRow) -> list[tuple[np.ndarray, np.ndarray]]:
         if row.patient is None or not row.mask:
             return []  # an unparsable name or no mask, already reported
         pair = _load_pair(src / row.image, src / row.mask, row.where, problems)
@@ -413,7 +220,7 @@ def import_patches(
     )
 
 
-def _first_square(rows: list[_Row], src: Path) -> tuple[int | None, str | None]:
+def _first_square(rows: list[LabelRow], src: Path) -> tuple[int | None, str | None]:
     """Side and name of the first readable square patch: the size all others must have."""
     for row in rows:
         if not (src / row.image).is_file():
@@ -428,12 +235,14 @@ def _first_square(rows: list[_Row], src: Path) -> tuple[int | None, str | None]:
 
 
 def _index(
-    items: list[_Row], labels: dict[int, tuple[str, str]], patches: Callable[[_Row], list[int]]
+    items: list[LabelRow],
+    labels: dict[int, tuple[str, str]],
+    patches: Callable[[LabelRow], list[int]],
 ) -> pd.DataFrame:
     """The store index: one row per patch number of every item."""
     records = [
         {
-            "patch_id": _patch_id(item.patient, item.specimen, k),
+            "patch_id": make_patch_id(item.patient, item.specimen, k),
             "patient": item.patient,
             "specimen": item.specimen,
             "patch": k,
@@ -472,13 +281,13 @@ def import_specimens(
     """
     src, labels_csv = Path(src), Path(labels_csv)
     problems: list[str] = []
-    rows = _table_rows(labels_csv, problems)
-    labels = _check_rows(rows, problems)
-    _require_folder(src, problems)
+    rows = read_table_rows(labels_csv, problems)
+    labels = check_rows(rows, problems)
+    require_folder(src, problems)
     specimens = _specimens(rows, src, problems)
     index = _index(specimens, labels, lambda _: range(len(grid)))
 
-    def patches(specimen: _Row) -> list[tuple[np.ndarray, np.ndarray]]:
+    def patches(specimen: LabelRow) -> list[tuple[np.ndarray, np.ndarray]]:
         pair = _load_pair(src / specimen.image, src / specimen.mask, specimen.where, problems)
         if pair is None:
             return []
@@ -510,26 +319,26 @@ def import_specimens(
     )
 
 
-def _specimens(rows: list[_Row], src: Path, problems: list[str]) -> list[_Row]:
+def _specimens(rows: list[LabelRow], src: Path, problems: list[str]) -> list[LabelRow]:
     """The specimen images the label rows name, sorted by patient and specimen."""
     in_src: dict[int, list[tuple[int, str]]] = defaultdict(list)
     if any(row.key == row.patient for row in rows):  # a patient table
         for path in sorted(src.iterdir()):
             if match := SPECIMEN_NAME.fullmatch(path.name):
                 in_src[int(match[1])].append((int(match[2]), path.name))
-    specimens: dict[tuple[int, int], _Row] = {}
+    specimens: dict[tuple[int, int], LabelRow] = {}
     for row in rows:
         if row.patient is None:
             continue  # its problem is reported
         if row.patch is not None:  # a row of the patch CSV
             image = f"{row.patient:05d}_p{row.specimen}.tif"
-            specimen = replace(row, patch=None, image=image, mask=_mask_name(image))
+            specimen = replace(row, patch=None, image=image, mask=mask_file_name(image))
             specimens.setdefault((row.patient, row.specimen), specimen)
         elif row.specimen is not None:  # a row naming a specimen image
             specimens.setdefault((row.patient, row.specimen), row)
         elif row.patient in in_src:  # a patient row: all of the patient's images
             for number, name in in_src[row.patient]:
-                found = replace(row, specimen=number, image=name, mask=_mask_name(name))
+                found = replace(row, specimen=number, image=name, mask=mask_file_name(name))
                 specimens.setdefault((row.patient, number), found)
         else:
             problems.append(
