@@ -101,3 +101,18 @@ def test_no_secrets(name):
     for secret in ("aws_access_key_id", "aws_secret_access_key", "BEGIN RSA", "BEGIN OPENSSH"):
         assert secret.lower() not in text.lower()
     assert not re.search(r"AKIA[0-9A-Z]{16}", text)  # the shape of an AWS access key ID
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_dashboard_listens_on_localhost_only(name):
+    """The dashboard serves Ray's job API (arbitrary code on every node): never on a public
+    address; users reach it through `ray dashboard FILE` (an SSH tunnel)."""
+    commands = " ".join(load(name)["head_start_ray_commands"])
+    hosts = re.findall(r"--dashboard-host[= ](\S+)", commands)
+    assert hosts and all(host in ("127.0.0.1", "localhost") for host in hosts), hosts
+
+
+def test_a_public_dashboard_would_be_caught():
+    commands = "ray start --head --dashboard-host=0.0.0.0"
+    hosts = re.findall(r"--dashboard-host[= ](\S+)", commands)
+    assert hosts == ["0.0.0.0"] and not all(h in ("127.0.0.1", "localhost") for h in hosts)
