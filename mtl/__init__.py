@@ -24,7 +24,7 @@ _PUBLIC = {
     "small": "mtl.config",
     "tiny": "mtl.config",
     "parse_overrides": "mtl.config",
-    "overrides_help": "mtl.config",
+    "add_overrides_option": "mtl.config",
     "choices": "mtl.config",
     # the result schema (no torch)
     "EpochMetrics": "mtl.schema",

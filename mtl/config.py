@@ -157,13 +157,18 @@ def small() -> TrainConfig:
 TRAIN_PRESETS = {"original": original, "small": small, "tiny": tiny}
 
 
-def overrides_help() -> str:
-    """The help of every command's `--set`, with each closed field's choices from its
-    registry."""
+def add_overrides_option(parser) -> None:
+    """Every command's `--set KEY=VALUE` (into `args.overrides`, for `parse_overrides`),
+    its help listing each closed field's choices from its registry."""
     listed = "; ".join(f"{name}: {'|'.join(choices(name))}" for name in CHOICES)
-    return (
-        f"override a training field (mtl.config.TrainConfig), e.g. --set epochs=5; "
-        f"repeatable. Choices: {listed}"
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training field (mtl.config.TrainConfig), e.g. --set epochs=5; "
+        f"repeatable. Choices: {listed}",
     )
 
 

@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mtl.config import TRAIN_PRESETS, TrainConfig, overrides_help, parse_overrides
+from mtl.config import TRAIN_PRESETS, TrainConfig, add_overrides_option, parse_overrides
 from mtl.schema import EpochMetrics
 from mtl.tables import epoch_frame, write_parquet
 from mtl.trainer import checkpoint_due, checkpoint_name, open_trainer, train_epochs
@@ -87,14 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
         + " (default: original)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=overrides_help(),
-    )
+    add_overrides_option(parser)
     parser.add_argument("--out", help="output folder (default: a new folder under ./runs)")
     parser.add_argument("--resume", help="a checkpoint written by an earlier run to continue from")
     return parser.parse_args(argv)

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 
 from mtl import (
-    SCORE_METRICS,
     bootstrap,
     fold_labels,
     heldout_rows,
@@ -30,6 +29,7 @@ from mtl import (
     write_parquet,
 )
 from study.export import choose_trial, fold_model, trial_checkpoint, trial_config
+from study.summary import select_epochs
 
 TEST_COLUMNS = (
     "study", "trial_id", "level", "metric", "cv", "cv_std", "test", "ci_low", "ci_high",
@@ -38,12 +38,18 @@ TEST_COLUMNS = (
 RESAMPLES = 2000
 
 
-def evaluate_test_set(folder: Path, name: str, repeats: int = 1, seed: int = 0) -> pd.DataFrame:
-    """Evaluate the study's best completed trial on its held-out patients; write and return
-    test.parquet. ValueError when the study has no test set or no completed trial."""
+def evaluate_test_set(
+    folder: Path,
+    name: str,
+    epochs: pd.DataFrame,
+    trials: pd.DataFrame,
+    repeats: int = 1,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Evaluate the best completed trial of the study in FOLDER (its tables `epochs` and
+    `trials`) on its held-out patients; write and return test.parquet. ValueError when the
+    study has no test set or no completed trial."""
     folder = Path(folder)
-    trials = pd.read_parquet(folder / "trials.parquet")
-    epochs = pd.read_parquet(folder / "epochs.parquet")
     best = choose_trial(trials, "best")
     config = trial_config(best)
     if not config.held_out:
@@ -81,8 +87,6 @@ def evaluate_test_set(folder: Path, name: str, repeats: int = 1, seed: int = 0) 
 
 def cross_validated(epochs: pd.DataFrame, trial_id: str, metrics: list[str]) -> pd.DataFrame:
     """Mean and std over folds of each metric of one trial at its last epoch (validation)."""
-    val = epochs[(epochs.trial_id == trial_id) & (epochs.split == "val")]
-    last = val[val.epoch == val.groupby("fold").epoch.transform("max")].copy()
-    last["score"] = last[list(SCORE_METRICS)].mean(axis=1, skipna=False)
+    last = select_epochs(epochs[epochs.trial_id == trial_id], "patch", "final")
     present = [m for m in metrics if m in last]
     return pd.DataFrame({"mean": last[present].mean(), "std": last[present].std(ddof=1)})

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from mtl import overrides_help
+from mtl import add_overrides_option
 from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset
 from study.storage import check_storage, check_store_on_nodes, is_uri
 from study.tuner import check_resumable, prepare_data, run_study
@@ -81,14 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="continue the study NAME (rerunning an existing NAME does it too)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=overrides_help(),
-    )
+    add_overrides_option(p)
     p.add_argument(
         "--test-patients",
         type=float,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -305,7 +304,8 @@ def study_per_fold(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     would compare training lengths, not configurations; errored and unfinished ones have no
     final epoch. Columns: trial_id, fold, `repeat` if epochs has one, `score` (the mean of
     pixel, pattern and intensity accuracy, NaN if any is NaN: the study's cv_score per fold),
-    then the STUDY_METRICS present in epochs. Sorted by trial_id, (repeat,) fold.
+    then the STUDY_METRICS present in epochs (`select_epochs` at patch level, final epoch).
+    Sorted by trial_id, (repeat,) fold.
     """
     for table, name, columns in (
         (epochs, "epochs", ("trial_id", "fold", "epoch", "split")),
@@ -315,12 +315,7 @@ def study_per_fold(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             if column not in table:
                 raise ValueError(f"the {name} table has no {column!r} column")
     completed = trials.loc[trials.status == "completed", "trial_id"]
-    val = epochs[(epochs.split == "val") & epochs.trial_id.isin(completed)].reset_index(drop=True)
-    keys = [c for c in KEY_COLUMNS if c in val]
-    last = val.loc[val.groupby(keys, sort=False)["epoch"].idxmax().to_numpy()]
-    score = pd.Series(math.nan, index=last.index)
-    if all(c in last for c in SCORE_METRICS):
-        score = last[list(SCORE_METRICS)].astype(float).mean(axis=1, skipna=False)
-    metrics = [c for c in STUDY_METRICS[1:] if c in last]
-    per_fold = last[keys].assign(score=score).join(last[metrics])
-    return per_fold.sort_values(keys, kind="stable").reset_index(drop=True)
+    last = select_epochs(epochs[epochs.trial_id.isin(completed)], "patch", "final")
+    keys = [c for c in KEY_COLUMNS if c in last]
+    metrics = [c for c in STUDY_METRICS[1:] if c in epochs]
+    return last[[*keys, "score", *metrics]].sort_values(keys, kind="stable", ignore_index=True)

@@ -244,7 +244,7 @@ def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.Da
         return
     with console.status("test estimate: the best configuration on the held-out patients"):
         try:
-            evaluate_test_set(folder, study.name, study.repeats, study.seed)
+            evaluate_test_set(folder, study.name, epochs, trials, study.repeats, study.seed)
         except FileNotFoundError as error:  # e.g. checkpoints kept on s3://, not here
             console.print(f"[yellow]no test estimate:[/yellow] {error}")
 
