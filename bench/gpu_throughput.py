@@ -7,12 +7,15 @@ and fold workers sharing one GPU.
 
 Every variant trains the same model (GradNorm, Dice, Adam) on random uint8 batches for
 `--steps` timed steps after `--warmup` untimed ones and reports training patches/s and peak
-memory (GPU only). Variants: fp32 (the original study's setting), bf16 autocast, bf16 +
-channels_last, and that + torch.compile of the model (GradNorm's gradients on the shared
-layer then run through the compiled graph). Ratios are against fp32 at batch 8 in the same
-run. Then 1, 2 and 4 worker processes each train the bf16 + channels_last model at batch 8
-on the same GPU at once (fractional GPUs, as `--gpus-per-fold 0.5` does) and their
-aggregate patches/s is reported against one worker.
+memory (GPU only), set up as the trainer sets it up (cuDNN autotuning, fused Adam, the model's
+own channels_last). Variants: fp32 (the original study's setting), bf16 autocast, bf16 +
+channels_last, and that + torch.compile by region: every encoder and decoder block and each
+head compiled on its own, so that GradNorm's per-task gradients on the shared layer (the
+encoder's last block) rerun only the compiled backward of the regions they pass through, not
+a whole-model graph. Ratios are against fp32 at batch 8 in the same run. Then 1, 2 and 5
+worker processes each train the bf16 + channels_last model at batch 8 on the same GPU at once
+(fractional GPUs, as the automatic placement packs a trial's five folds on one GPU); their
+aggregate patches/s is reported against one worker, with each worker's peak memory.
 
 FLOPs: one forward pass of a patch is counted with torch's FlopCounterMode, and a training
 step as 3x that (forward, and backward at twice the forward). This sidesteps the counter's
@@ -32,6 +35,7 @@ import torch
 from common import random_batch  # bench/common.py, beside this script
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from mtl import GradNorm, MultiTaskUNet, TrainConfig, task_losses
 
@@ -54,21 +58,34 @@ def config_for(args) -> TrainConfig:
     )
 
 
+def compile_regions(model: MultiTaskUNet) -> None:
+    """torch.compile each block of the encoder and decoder and each head, in place."""
+    for module in list(model.modules()):
+        if isinstance(module, nn.ModuleList | nn.Sequential) and module is not model:
+            for block in module:
+                if any(p.requires_grad for p in block.parameters()):
+                    block.compile()
+    model.pattern_head.compile()
+    model.intensity_head.compile()
+
+
 def make_step(config: TrainConfig, device: torch.device, variant: str, batch: int):
     bf16, channels_last, compiled = VARIANTS[variant]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as FoldTrainer: fixed shapes
     torch.manual_seed(0)
     model = MultiTaskUNet.from_config(config).to(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    if channels_last:
+        model = model.channels_last()
     balancer = GradNorm(model.shared_parameters(), alpha=0.12).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    forward = torch.compile(model) if compiled else model
+    if compiled:
+        compile_regions(model)
     data = random_batch(batch, config.image_size, device)
-    data["image"] = data["image"].contiguous(memory_format=memory_format)
 
     def step() -> None:
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            output = forward(data["image"])
+            output = model(data["image"])
         losses = task_losses(output, data, "dice")
         optimizer.zero_grad(set_to_none=True)
         balancer.backward(losses)
@@ -122,11 +139,15 @@ def _worker(config, device_name, batch, warmup, duration, start, queue) -> None:
         count += batch
     if device.type == "cuda":
         torch.cuda.synchronize()
-    queue.put(count / (time.perf_counter() - began))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    queue.put((count / (time.perf_counter() - began), peak))
 
 
-def shared_gpu(config, device, workers: int, batch: int, warmup: int, duration: float) -> float:
-    """Aggregate patches/s of `workers` processes training at once on one device."""
+def shared_gpu(
+    config, device, workers: int, batch: int, warmup: int, duration: float
+) -> tuple[float, float | None]:
+    """Aggregate patches/s of `workers` processes training at once on one device, and the
+    largest peak memory (GiB) of one of them."""
     context = multiprocessing.get_context("spawn")
     start, queue = context.Barrier(workers), context.Queue()
     processes = [
@@ -137,10 +158,11 @@ def shared_gpu(config, device, workers: int, batch: int, warmup: int, duration: 
     ]
     for p in processes:
         p.start()
-    rates = [queue.get() for _ in processes]
+    results = [queue.get() for _ in processes]
     for p in processes:
         p.join()
-    return sum(rates)
+    peaks = [peak for _, peak in results if peak is not None]
+    return sum(rate for rate, _ in results), max(peaks, default=None)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -149,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 5])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per shared-GPU run")
@@ -187,8 +209,12 @@ def main(argv: list[str] | None = None) -> dict:
         "gflop_per_training_patch": gflop_step,
         "variants": rows,
         "shared_device": {
-            str(w): {"patches_per_s": s, "ratio": s / shared[args.workers[0]]}
-            for w, s in shared.items()
+            str(w): {
+                "patches_per_s": rate,
+                "ratio": rate / shared[args.workers[0]][0],
+                "peak_gib_per_worker": peak,
+            }
+            for w, (rate, peak) in shared.items()
         },
     }
     console = Console()
@@ -203,10 +229,12 @@ def main(argv: list[str] | None = None) -> dict:
     shared_table = Table(
         title=f"fold workers sharing one {'GPU' if device.type == 'cuda' else 'CPU'}, batch 8"
     )
-    for column in ("workers", "aggregate patches/s", f"vs {args.workers[0]}"):
+    for column in ("workers", "aggregate patches/s", f"vs {args.workers[0]}", "peak GiB/worker"):
         shared_table.add_column(column, justify="right")
     for w, entry in results["shared_device"].items():
-        shared_table.add_row(w, f"{entry['patches_per_s']:,.1f}", f"{entry['ratio']:.2f}x")
+        peak = entry["peak_gib_per_worker"]
+        shared_table.add_row(w, f"{entry['patches_per_s']:,.1f}", f"{entry['ratio']:.2f}x",
+                             "-" if peak is None else f"{peak:.1f}")  # fmt: skip
     console.print(shared_table)
     console.print(f"{gflop_step:.1f} GFLOP per training patch (3 x forward)")
     if args.json:

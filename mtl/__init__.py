@@ -55,6 +55,9 @@ _PUBLIC = {
     "PatchDataset": "mtl.data",
     "build_augmentation": "mtl.data",
     "make_loader": "mtl.data",
+    "INDEX_COLUMNS": "mtl.data",
+    "StoreWriter": "mtl.data.store",
+    "choose_patients": "mtl.data.synthetic",
     # the trainer contract and the one epoch loop
     "Trainer": "mtl.trainer",
     "FoldTrainer": "mtl.trainer",
@@ -76,6 +79,7 @@ _PUBLIC = {
     "BALANCERS": "mtl.balancing",
     "GradNorm": "mtl.balancing",
     "build_balancer": "mtl.balancing",
+    "RunningSums": "mtl.metrics",
     # held-out evaluation and prediction
     "load_models": "mtl.evaluate",
     "patient_sums": "mtl.evaluate",
@@ -109,6 +113,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
         tiny,
     )
     from mtl.data import (
+        INDEX_COLUMNS,
         PatchGrid,
         PatchStore,
         SynthSpec,
@@ -118,10 +123,12 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
         open_store,
         split_label,
     )
-    from mtl.data.store import content_hash
+    from mtl.data.store import StoreWriter, content_hash
+    from mtl.data.synthetic import choose_patients
     from mtl.evaluate import bootstrap, load_models, patient_sums
     from mtl.labels import INTENSITIES, PATTERNS
     from mtl.losses import task_losses
+    from mtl.metrics import RunningSums
     from mtl.model import MultiTaskOutput, MultiTaskUNet
     from mtl.predict import MODEL_FORMAT
     from mtl.schema import (

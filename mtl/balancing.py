@@ -98,10 +98,13 @@ class GradNorm(Balancer):
     - The weights have their own Adam (lr 0.025 in the paper); after each step they are
       floored at `floor` and renormalised to sum to the number of tasks.
 
-    Cost: grad_W L_i of the two classification heads are cheap (W is the encoder's last
-    layer, the heads sit right on it). The segmentation gradient on W would need a second
-    pass through the decoder; it is recovered from the main backward instead, which already
-    holds grad_W sum_i w_i L_i (the "subtraction trick").
+    Cost: each grad_W L_i is taken on its own, before the main backward. Those of the two
+    classification heads are cheap (W is the encoder's last layer, the heads sit right on
+    it); the segmentation one runs the decoder's backward a second time, input gradients
+    only (bench/balancer_cost.py measures the price). It is not recovered by subtracting the
+    heads' terms from grad_W sum_i w_i L_i: under bf16 autocast that sum is dominated by the
+    pattern head (hundreds of times the segmentation term) and rounded, so the difference
+    would be mostly rounding error.
     """
 
     def __init__(
@@ -112,7 +115,6 @@ class GradNorm(Balancer):
         alpha: float = ALPHA,
         lr: float = BALANCER_LR,
         floor: float = 1e-3,
-        seg_task: int = 0,
     ):
         super().__init__(num_tasks)
         self.shared = list(shared_parameters)
@@ -120,7 +122,7 @@ class GradNorm(Balancer):
             raise ValueError("GradNorm needs the shared parameters W (model.shared_parameters())")
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
-        self.alpha, self.floor, self.seg_task = alpha, floor, seg_task
+        self.alpha, self.floor = alpha, floor
         self.task_weights = nn.Parameter(torch.ones(num_tasks))
         self.optimizer = torch.optim.Adam([self.task_weights], lr=lr)
         self.register_buffer("initial_losses", torch.full((num_tasks,), math.nan))
@@ -131,21 +133,18 @@ class GradNorm(Balancer):
         return self.task_weights.detach()
 
     def _backward(self, losses: tuple[torch.Tensor, ...], values: torch.Tensor) -> torch.Tensor:
-        if torch.isnan(self.initial_losses).any():
-            self.initial_losses.copy_(values)
+        # L(0) at the first step, without asking the device whether this is the first step.
+        first = torch.isnan(self.initial_losses)
+        self.initial_losses.copy_(torch.where(first, values, self.initial_losses))
         weights = self.task_weights.detach().clone()  # this step's weights
-        others = [t for t in range(self.num_tasks) if t != self.seg_task]
-        grads = {t: self._grad_on_shared(losses[t]) for t in others}  # through the heads only
-        before = [p.grad.clone() if p.grad is not None else 0.0 for p in self.shared]
+        # Every task's gradient on W taken on its own: from the segmentation loss through
+        # the decoder (its input gradients only), from each head's loss through that head.
+        # Never recovered by subtracting the heads from the summed gradient: under bf16 the
+        # sum is dominated by the pattern head and the difference is mostly rounding.
+        grads = [self._grad_on_shared(loss) for loss in losses]
         total = (weights * torch.stack(losses)).sum()
         total.backward()
-        # Subtraction trick: the main backward left grad_W sum_i w_i L_i on W; the
-        # segmentation term is what remains after removing the others.
-        grads[self.seg_task] = [
-            (p.grad - old - sum(weights[t] * grads[t][k] for t in others)) / weights[self.seg_task]
-            for k, (p, old) in enumerate(zip(self.shared, before, strict=True))
-        ]
-        self._update(values, weights, [grads[t] for t in range(self.num_tasks)])
+        self._update(values, weights, grads)
         return total.detach()
 
     def _grad_on_shared(self, loss: torch.Tensor) -> list[torch.Tensor]:

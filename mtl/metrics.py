@@ -61,10 +61,12 @@ class RunningSums:
         stats = smp.metrics.get_stats(predicted, batch["mask"].long(), mode="binary")
         self.pixel_stats += torch.stack([s.sum() for s in stats])
         k, m = len(PATTERNS), len(INTENSITIES)
+        # Counted into the fixed-size matrices by index_add_: torch.bincount sizes its output
+        # from the data, which on a GPU waits for the device.
         pattern = batch["pattern"] * k + output.pattern.argmax(1)
-        self.pattern_cm += torch.bincount(pattern, minlength=k * k)
+        self.pattern_cm.index_add_(0, pattern, torch.ones_like(pattern))
         intensity = batch["intensity"].long() * m + (output.intensity > 0).long()
-        self.intensity_cm += torch.bincount(intensity, minlength=m * m)
+        self.intensity_cm.index_add_(0, intensity, torch.ones_like(intensity))
 
     def result(self, **votes: float) -> SplitMetrics:
         k, m = len(PATTERNS), len(INTENSITIES)

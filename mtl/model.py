@@ -86,6 +86,7 @@ class MultiTaskUNet(nn.Module):
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         self._shared: list[nn.Parameter] | None = None
+        self.input_format = torch.contiguous_format  # see channels_last()
 
     @classmethod
     def from_config(cls, config: TrainConfig) -> MultiTaskUNet:
@@ -99,11 +100,21 @@ class MultiTaskUNet(nn.Module):
             image_size=config.image_size,
         )
 
+    def channels_last(self) -> MultiTaskUNet:
+        """Weights and the encoder's input in NHWC, the layout tensor cores run fastest.
+
+        The input is converted after normalisation: a 1-channel batch is NCHW and NHWC at
+        once, and the 3 channels expanded from it come out plain NCHW.
+        """
+        self.input_format = torch.channels_last
+        return self.to(memory_format=torch.channels_last)
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) uint8 or [0, 1] floats -> the encoder's normalised 3-channel input."""
         if images.dtype == torch.uint8:
             images = images.float().div_(255)
-        return (images.expand(-1, 3, -1, -1) - self.mean) / self.std
+        normalised = (images.expand(-1, 3, -1, -1) - self.mean) / self.std
+        return normalised.contiguous(memory_format=self.input_format)
 
     def forward(self, images: torch.Tensor) -> MultiTaskOutput:
         features = self.unet.encoder(self.normalise(images))

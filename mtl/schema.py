@@ -113,12 +113,14 @@ class EpochMetrics:
     weights: tuple[float, ...]  # task weights at the end of the epoch, TASKS order
     skipped_steps: int = 0  # steps with a non-finite task loss, left out of the update
     seconds: float  # training and validation wall time
+    data_seconds: float = 0.0  # of which the training loop waited for the data loader
 
     def rows(self) -> list[dict]:
         """One flat row per split, the layout of epochs.parquet."""
         shared = {f"weight_{task}": w for task, w in zip(TASKS, self.weights, strict=True)}
         shared["skipped_steps"] = self.skipped_steps
         shared["seconds"] = self.seconds
+        shared["data_seconds"] = self.data_seconds
         return [
             {"epoch": self.epoch, "split": split, **metrics.flat(), **shared}
             for split, metrics in (("train", self.train), ("val", self.val))

@@ -113,6 +113,24 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return config.lr * LR_SCHEDULES[config.lr_schedule](epoch, config.epochs)
 
 
+class Waited:
+    """Iterates a loader and adds up the time spent waiting for its batches: a data loader
+    that cannot keep up shows as a large share of the epoch (`EpochMetrics.data_seconds`)."""
+
+    def __init__(self, loader):
+        self.loader, self.seconds = loader, 0.0
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            self.seconds += time.perf_counter() - start
+            if batch is None:
+                return
+            yield batch
+
+
 class Trainer(Protocol):
     """What `study`, the CLI and the benches need of a fold's trainer (see the module doc)."""
 
@@ -145,7 +163,7 @@ class FoldTrainer:
         torch.manual_seed(config.seed)
         self.model = MultiTaskUNet.from_config(config).to(self.device)
         if cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.channels_last()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=cuda)
         self.balancer = build_balancer(
             config.balancer,
@@ -181,7 +199,8 @@ class FoldTrainer:
         self.model.train()
         skipped_before = int(self.balancer.skipped_steps)
         sums = RunningSums(self.device, self.config.threshold)
-        for batch in self.train_loader:
+        batches = Waited(self.train_loader)
+        for batch in batches:
             batch = self._to_device(batch)
             with self._autocast():
                 output = self.model(batch["image"])
@@ -202,6 +221,7 @@ class FoldTrainer:
             weights=tuple(self.balancer.weights.tolist()),
             skipped_steps=int(self.balancer.skipped_steps) - skipped_before,
             seconds=time.perf_counter() - start,
+            data_seconds=batches.seconds,
         )
 
     @torch.inference_mode()
@@ -247,9 +267,12 @@ class FoldTrainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.balancer.load_state_dict(state["balancer"])
-        torch.set_rng_state(state["torch_rng"])
+        # RNG states are CPU byte tensors whatever the device (read_checkpoint keeps them
+        # there); a checkpoint from a machine with more GPUs restores the ones present.
+        torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+            for device, rng in enumerate(state["cuda_rng"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(rng.cpu(), device)
         self.epoch = int(state["epoch"])
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -260,10 +283,7 @@ class FoldTrainer:
         self.load_state_dict(read_checkpoint(path))
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        batch = {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
-        if self.device.type == "cuda":
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        return batch
+        return {key: value.to(self.device, non_blocking=True) for key, value in batch.items()}
 
     def _autocast(self):
         # bf16 on CUDA needs no GradScaler; on a CPU autocast is much slower, so it stays fp32.

@@ -56,11 +56,14 @@ class StudyConfig:
     max_concurrent: int = 0  # trials at once; 0: as many as the resources allow
     # Where the data comes from when train.data is empty: generated once, then cached.
     synthetic: SynthSpec | None = None
-    # Resources. Fold workers are Ray actors with these resources each (gpus_per_fold None:
-    # one GPU each when the cluster has GPUs). On a machine without GPUs the folds of a
-    # trial run inside the trial's own process, which takes cpus_per_trial CPUs.
-    gpus_per_fold: float | None = None
-    cpus_per_fold: float = 1.0
+    # Resources (study/placement.py). Fold workers are Ray actors with these resources each;
+    # "auto" packs a trial's folds on one node's GPUs so that every GPU is busy, within
+    # fold_memory_gib per worker (a figure for the preset's model; None: not limited), and
+    # shares the node's CPUs among them. On a cluster without GPUs the folds of a trial run
+    # inside the trial's own process, which takes cpus_per_trial CPUs.
+    gpus_per_fold: float | Literal["auto"] = "auto"
+    cpus_per_fold: float | Literal["auto"] = "auto"
+    fold_memory_gib: float | None = None
     cpus_per_trial: float = 1.0
     fold_resources: Mapping[str, float] = field(default_factory=dict)  # custom resources
     # How a trial's fold workers are placed: PACK fills one node first (GPU locality),
@@ -104,13 +107,19 @@ class StudyConfig:
         for metric in self.score_metrics:
             if metric not in metrics:
                 raise ValueError(f"score_metrics: {metric!r} is not a validation metric")
-        for name in ("num_samples", "grace_period", "cpus_per_fold", "cpus_per_trial"):
+        for name in ("gpus_per_fold", "cpus_per_fold"):
+            value = getattr(self, name)
+            if value != "auto" and (isinstance(value, str) or value < 0):
+                raise ValueError(f"{name} must be 'auto' or a number >= 0, got {value!r}")
+        if self.cpus_per_fold == 0:
+            raise ValueError("cpus_per_fold must be 'auto' or positive, got 0")
+        if self.fold_memory_gib is not None and self.fold_memory_gib <= 0:
+            raise ValueError(f"fold_memory_gib must be positive, got {self.fold_memory_gib}")
+        for name in ("num_samples", "grace_period", "cpus_per_trial"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if self.reduction_factor <= 1:
             raise ValueError(f"reduction_factor must be > 1, got {self.reduction_factor}")
-        if self.gpus_per_fold is not None and self.gpus_per_fold < 0:
-            raise ValueError(f"gpus_per_fold must be >= 0, got {self.gpus_per_fold}")
         if self.max_concurrent < 0 or self.max_failures < 0 or self.keep_checkpoints < 0:
             raise ValueError("max_concurrent, max_failures and keep_checkpoints must be >= 0")
         if not 0.0 <= self.test_patients < 1.0:
@@ -194,6 +203,13 @@ def smoke() -> StudyConfig:
     )
 
 
+# GPU memory of one fold worker training EfficientNet-B4 at 384 px, batch 8, bf16, flatten
+# heads: an estimate (weights, gradients and Adam ~1.4 GiB, activations, CUDA context) until
+# bench/gpu_check.sh measures it (its "peak GiB per worker"); it caps the fold workers that
+# the automatic placement puts on one GPU.
+B4_FOLD_MEMORY_GIB = 6.0
+
+
 def paper() -> StudyConfig:
     """The original study exactly: its six configurations, seed folds A-E, EfficientNet-B4 at
     384 px, batch 8, Adam 1e-4 (network and GradNorm weights), no augmentation, no pruning.
@@ -213,6 +229,7 @@ def paper() -> StudyConfig:
         train=original(),
         configurations=six,
         synthetic=SynthSpec(patients=252, size=384, specimens=4, seed=0),
+        fold_memory_gib=B4_FOLD_MEMORY_GIB,
     )
 
 
@@ -235,6 +252,7 @@ def search() -> StudyConfig:
         reduction_factor=2,
         test_patients=0.2,
         synthetic=SynthSpec(patients=252, size=384, specimens=4, seed=0),
+        fold_memory_gib=B4_FOLD_MEMORY_GIB,
     )
 
 

@@ -21,11 +21,21 @@ from pathlib import Path
 from rich.console import Console
 
 from mtl import add_overrides_option
+from study.placement import PlacementError
 from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset
 from study.storage import check_storage, check_store_on_nodes, is_uri
 from study.tuner import check_resumable, prepare_data, run_study
 
 console = Console()
+
+
+def _auto_or_number(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,9 +61,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-concurrent", type=int, help="trials running at once (0: no limit)")
     p.add_argument(
         "--gpus-per-fold",
-        type=float,
-        help="GPUs per fold worker (default: 1 with GPUs, folds in the trial's "
-        "process without); 0.5 packs two fold workers per GPU",
+        type=_auto_or_number,
+        metavar="auto|G",
+        help="GPUs per fold worker (default auto: a trial's folds packed on one node's GPUs, "
+        "every GPU busy, within each GPU's memory; docs/cluster.md); 0.5 puts two fold "
+        "workers on each GPU, 0 trains on CPUs",
+    )
+    p.add_argument(
+        "--cpus-per-fold",
+        type=_auto_or_number,
+        metavar="auto|C",
+        help="CPUs per fold worker (default auto: a node's CPUs shared by its fold workers)",
     )
     p.add_argument(
         "--address",
@@ -111,6 +129,7 @@ def resolve_study(args: argparse.Namespace) -> StudyConfig:
         "num_samples": args.num_samples,
         "max_concurrent": args.max_concurrent,
         "gpus_per_fold": args.gpus_per_fold,
+        "cpus_per_fold": args.cpus_per_fold,
         "test_patients": args.test_patients,
         "repeats": args.repeats,
     }
@@ -170,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs, trials = run_study(
             study, results, resume=args.resume, verbose=args.verbose, storage=args.storage
         )
-    except ConnectionError as error:
+    except (ConnectionError, PlacementError) as error:
         console.print(f"[red]error:[/red] {error}")
         return 2
     finally:

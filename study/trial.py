@@ -10,6 +10,7 @@ fold's metrics, and every `checkpoint_every` epochs a checkpoint holding all fol
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,26 @@ from study.storage import fetch_store, store_cache
 VERSIONS = {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}
 
 
+def allotted_device(device: str) -> str:
+    """The device a fold trains on inside a Ray actor: the CPU when Ray allotted it no GPU.
+
+    Ray 2.60 no longer hides the GPUs from a process allotted none, so `auto` would find
+    cuda:0 and train there behind Ray's back, beside the folds that were given it. Outside
+    an actor (a test, a bench) the device stays as configured.
+    """
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return device
+    if ray.get_runtime_context().get_assigned_resources().get("GPU", 0) > 0:
+        return device
+    if device == "cuda":
+        raise ValueError(
+            "device='cuda' but Ray allotted this fold no GPU: give --gpus-per-fold a "
+            "fraction (or auto), or --set device=auto"
+        )
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before CUDA is first initialised here
+    return "cpu"
+
+
 class FoldWorker:
     """One fold of a trial: a trainer (mtl's `Trainer` contract; FoldTrainer, or a test
     double) stepped one epoch per lockstep round through mtl's epoch loop."""
@@ -63,7 +84,11 @@ class FoldWorker:
                 f"node {node}: the store at {config.data} has content hash {found}, "
                 f"the study's is {store_hash}"
             )
-        self.config = config.replace(data=str(local), fold_seed=config.fold_seed + repeat)
+        self.config = config.replace(
+            data=str(local),
+            fold_seed=config.fold_seed + repeat,
+            device=allotted_device(config.device),
+        )
         self.trainer = trainer(self.config, letter)
         self.epochs = None  # mtl's epoch loop, started at the first round (after a restore)
 

@@ -87,25 +87,36 @@ def check_resumable(study: StudyConfig, folder: Path, resume: bool) -> bool:
 
 
 def fold_placement(study: StudyConfig) -> tuple[object, dict | None, int]:
-    """(Tune resources of a trial, fold actor options or None for in-process folds, threads)."""
-    import ray
+    """(Tune resources of a trial, fold actor options or None for in-process folds, threads),
+    planned on the cluster Ray is connected to (study/placement.py) and said in the log.
+
+    Raises PlacementError at once when no trial could ever be placed.
+    """
     from ray import tune
 
-    gpus = study.gpus_per_fold
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-    if gpus == 0 and not study.fold_resources:
-        return {"cpu": study.cpus_per_trial}, None, max(1, int(study.cpus_per_trial))
-    bundle = {"CPU": study.cpus_per_fold, "GPU": gpus, **study.fold_resources}
-    folds = study.folds
+    from study.placement import cluster_nodes, plan_placement
+
+    plan = plan_placement(
+        cluster_nodes(),
+        len(study.folds),
+        gpus_per_fold=study.gpus_per_fold,
+        cpus_per_fold=study.cpus_per_fold,
+        cpus_per_trial=study.cpus_per_trial,
+        fold_memory_gib=study.fold_memory_gib,
+        fold_resources=study.fold_resources,
+    )
+    trials = min(plan.trials_at_once, study.max_concurrent or study.num_trials, study.num_trials)
+    console.print(f"placement: {plan.describe().rsplit(';', 1)[0]}; {trials} trial(s) at once")
+    if not plan.actors:
+        return {"cpu": plan.cpus_per_trial}, None, plan.threads
     # An empty head bundle: the trial itself only coordinates; bundle i is fold i's.
     resources = tune.PlacementGroupFactory(
-        [{}] + [bundle] * len(folds), strategy=study.fold_strategy
+        [{}] + [dict(plan.bundle)] * len(study.folds), strategy=study.fold_strategy
     )
-    options = {"num_cpus": study.cpus_per_fold, "num_gpus": gpus}
+    options = {"num_cpus": plan.cpus_per_fold, "num_gpus": plan.gpus_per_fold}
     if study.fold_resources:
         options["resources"] = dict(study.fold_resources)
-    return resources, options, max(1, int(study.cpus_per_fold))
+    return resources, options, plan.threads
 
 
 def build_tuner(
@@ -116,9 +127,10 @@ def build_tuner(
     resume: bool,
     verbose: bool,
     trainer: type | None = None,
+    placement: tuple | None = None,
 ):
     """The Tuner of the study (restored from EXPERIMENT/tune when resuming); tables and the
-    Optuna database go to FOLDER."""
+    Optuna database go to FOLDER. `placement`: fold_placement's answer, if already asked."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -126,7 +138,7 @@ def build_tuner(
     from study.search import asha, optuna_search, tune_space
     from study.trial import run_trial
 
-    resources, actor_options, threads = fold_placement(study)
+    resources, actor_options, threads = placement or fold_placement(study)
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
@@ -212,13 +224,17 @@ def run_study(
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     folder = (results / study.name).resolve()
     resume = check_resumable(study, folder, resume)
+    placement = fold_placement(study)  # an impossible placement fails before any file
     folder.mkdir(parents=True, exist_ok=True)
     if not resume:
         text = json.dumps(dataclasses.asdict(study), indent=2, default=str)
         (folder / "study.json").write_text(text + "\n")
     experiment = f"{storage.rstrip('/')}/{study.name}" if storage else str(folder)
     (folder / "run.json").write_text(json.dumps({"experiment": f"{experiment}/tune"}) + "\n")
-    build_tuner(study, folder, experiment, resume=resume, verbose=verbose, trainer=trainer).fit()
+    build_tuner(
+        study, folder, experiment, resume=resume, verbose=verbose, trainer=trainer,
+        placement=placement,
+    ).fit()  # fmt: skip
     epochs, trials = (pd.read_parquet(folder / f"{t}.parquet") for t in ("epochs", "trials"))
     drop_checkpoints(f"{experiment}/tune", trials, study.keep_checkpoints)
     finish(study, folder, epochs, trials)

@@ -3,6 +3,7 @@
 Each runs as its own process, as a user runs it (some start their own Ray)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,17 +60,29 @@ def test_harness_overhead(run_bench):
     assert {"engine_seconds_per_epoch", "train_patches", "val_patches", "encoder"} <= set(result)
 
 
-def test_gpu_throughput_runs_on_a_cpu(run_bench):
-    result = run_bench(
-        "gpu_throughput.py", "--encoder", "tu-mobilenetv3_small_050", "--size", "64",
-        "--batches", "4", "--steps", "1", "--warmup", "1", "--workers", "1", "2",
-        "--duration", "1",
+def test_the_gpu_check_dry_run_on_a_cpu(tmp_path):
+    """bash bench/gpu_check.sh --cpu: every step of the GPU check at toy sizes, including
+    gpu_throughput.py and the five folds packed on a (declared) GPU."""
+    out = tmp_path / "check"
+    done = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--cpu", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable},
     )  # fmt: skip
-    assert result["device"] == "cpu" and result["gflop_per_training_patch"] > 0
-    (row,) = result["variants"]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["cpu_dry_run"] and report["machine"]["torch"]
+    assert report["tests"]["passed"] and "5 passed" in report["tests"]["summary"]
+    throughput = report["throughput"]
+    assert throughput["device"] == "cpu" and throughput["gflop_per_training_patch"] > 0
+    (row,) = throughput["variants"]
     assert {"variant", "batch", "patches_per_s", "ratio", "tflops", "peak_gib"} <= set(row)
-    assert set(result["shared_device"]) == {"1", "2"}
-    assert result["shared_device"]["1"]["ratio"] == 1.0
+    assert set(throughput["shared_device"]) == {"1", "2"}
+    assert throughput["shared_device"]["1"]["ratio"] == 1.0
+    epoch = report["paper_epoch"]
+    assert epoch["gpus_per_fold"] == 0.2  # five folds packed on the one GPU
+    assert epoch["train_patches"] > 0 and epoch["train_patches_per_s"] > 0
+    assert 0 <= epoch["data_wait_share"] < 1
+    assert "# GPU check: cpu" in (out / "gpu_check.md").read_text()
 
 
 def test_study_efficiency(run_bench):

@@ -14,7 +14,7 @@ from mtl.balancing import (
     UncertaintyWeights,
     build_balancer,
 )
-from mtl.config import tiny
+from mtl.config import small, tiny
 from mtl.losses import task_losses
 from mtl.model import MultiTaskUNet
 
@@ -99,7 +99,7 @@ def test_grad_norms_and_first_order_weight_gradient_match_the_paper():
     (expected_weight_grad,) = torch.autograd.grad((grad_norms - target).abs().sum(), weights)
 
     _network_step(toy, balancer, optimizer)
-    torch.testing.assert_close(balancer.last_grad_norms, grad_norms.detach(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(balancer.last_grad_norms, grad_norms.detach(), atol=1e-6, rtol=1e-6)
     # The weight gradient is of order ||grad_W L_i|| (hundreds here): compare relatively.
     torch.testing.assert_close(
         balancer.task_weights.grad, expected_weight_grad, atol=1e-6, rtol=1e-6
@@ -158,23 +158,51 @@ def test_a_nan_loss_is_skipped_and_counted(name):
     assert int(balancer.skipped_steps) == 1
 
 
-def test_segmentation_gradient_from_the_subtraction_trick_is_exact_enough():
+def _grad_norm_batch(size: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "image": torch.randint(0, 256, (8, 1, size, size), dtype=torch.uint8, generator=g),
+        "mask": torch.randint(0, 2, (8, 1, size, size), dtype=torch.uint8, generator=g),
+        "pattern": torch.randint(0, 7, (8,), generator=g),
+        "intensity": torch.randint(0, 2, (8,), generator=g).float(),
+    }
+
+
+def test_gradient_norms_on_the_shared_layer_are_exact_in_fp32():
     torch.manual_seed(0)
     model = MultiTaskUNet.from_config(tiny())
     (shared,) = model.shared_parameters()
     balancer = GradNorm([shared])
-    batch = {
-        "image": torch.randint(0, 256, (4, 1, 64, 64), dtype=torch.uint8),
-        "mask": torch.randint(0, 2, (4, 1, 64, 64), dtype=torch.uint8),
-        "pattern": torch.tensor([0, 2, 4, 6]),
-        "intensity": torch.tensor([0.0, 1.0, 0.0, 1.0]),
-    }
+    batch = _grad_norm_batch(64)
     losses = task_losses(model(batch["image"]), batch, "dice")
     direct = torch.stack(
         [torch.autograd.grad(loss, shared, retain_graph=True)[0].norm() for loss in losses]
     )
     balancer.backward(losses)
     torch.testing.assert_close(balancer.last_grad_norms, direct, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("seg_loss", ["dice", "bce"])
+def test_gradient_norms_under_bf16_autocast_match_fp32_within_one_percent(seg_loss):
+    """The flatten head makes the pattern gradient on W 28x (BCE) to 72x (Dice) the
+    segmentation one: the setting in which recovering G_seg from the summed bf16 gradient
+    went 8% off (Dice)."""
+    torch.manual_seed(0)
+    config = small().replace(head="flatten")
+    model = MultiTaskUNet.from_config(config).train()
+    (shared,) = model.shared_parameters()
+    batch = _grad_norm_batch(config.image_size)
+    losses = task_losses(model(batch["image"]), batch, seg_loss)
+    fp32 = torch.stack(
+        [torch.autograd.grad(loss, shared, retain_graph=True)[0].norm() for loss in losses]
+    )
+    assert fp32[1] > 20 * fp32[0]  # the pattern term dominates
+    model.zero_grad(set_to_none=True)
+    balancer = GradNorm([shared])
+    with torch.autocast("cpu", torch.bfloat16):
+        output = model(batch["image"])
+    balancer.backward(task_losses(output, batch, seg_loss))
+    torch.testing.assert_close(balancer.last_grad_norms, fp32, rtol=0.01, atol=0)
 
 
 def test_dwa_follows_the_loss_ratios_of_the_two_previous_epochs():

@@ -11,7 +11,7 @@ from mtl.trainer import FoldTrainer
 
 
 def _without_time(metrics: EpochMetrics) -> EpochMetrics:
-    return dataclasses.replace(metrics, seconds=0.0)
+    return dataclasses.replace(metrics, seconds=0.0, data_seconds=0.0)
 
 
 def test_train_fold_yields_one_epoch_metrics_per_epoch(tiny_config):

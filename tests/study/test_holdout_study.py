@@ -87,7 +87,7 @@ def test_stats_test_estimate_and_test_labels_that_the_search_never_sees(ray_loca
     def search_view(epochs, trials):
         loss = trials.set_index("trial_id").seg_loss
         view = epochs.assign(seg_loss=epochs.trial_id.map(loss))
-        view = view.drop(columns=["trial_id", "node", "seconds"])
+        view = view.drop(columns=["trial_id", "node", "seconds", "data_seconds"])
         return view.sort_values(["seg_loss", "fold", "epoch", "split"], ignore_index=True)
 
     pd.testing.assert_frame_equal(search_view(*tables["a"][:2]), search_view(*tables["b"][:2]))

@@ -1,0 +1,107 @@
+"""Studies on Ray clusters that declare GPUs (1, 2 and 8 on one node; the work itself runs on
+the CPU): the automatic placement runs the smoke study to the end, each fold worker gets the
+fraction the rule says, an impossible placement fails within seconds, and a fold allotted
+no GPU trains on the CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from mtl import FoldTrainer
+from study.placement import PlacementError
+from study.presets import smoke
+from study.trial import allotted_device
+from study.tuner import prepare_data, run_study
+
+pytestmark = pytest.mark.slow  # Ray clusters and whole studies
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
+
+
+class RecordingTrainer(FoldTrainer):
+    """FoldTrainer that writes down, once per fold, the resources Ray allotted its worker."""
+
+    folder: Path
+
+    def run_epoch(self, progress=None):
+        context = ray.get_runtime_context()
+        record = {
+            "resources": context.get_assigned_resources(),
+            "device": str(self.device),
+            "actor": context.get_actor_id(),
+        }
+        (self.folder / f"{context.get_actor_id()}-{self.fold}.json").write_text(json.dumps(record))
+        return super().run_epoch(progress)
+
+
+@pytest.fixture(scope="module")
+def one_gpu(local_cluster):
+    """The new user's machine: one GPU, six CPUs (one cluster for the tests below)."""
+    return local_cluster({"num_cpus": 6, "num_gpus": 1})
+
+
+def test_an_impossible_placement_fails_within_seconds(one_gpu, tmp_path):
+    """The new user's first try: a whole GPU asked per fold."""
+    study = prepare_data(dataclasses.replace(smoke(), gpus_per_fold=1.0), tmp_path)
+    started = time.monotonic()
+    with pytest.raises(PlacementError, match="a trial needs 5 fold workers of CPU 6, GPU 1"):
+        run_study(study, tmp_path)
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "smoke" / "study.json").exists()  # nothing written
+
+
+def test_the_command_line_says_so_and_exits(one_gpu, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "study.run", "--preset", "smoke", "--results", str(tmp_path),
+         "--address", one_gpu.address, "--storage-shared", "--gpus-per-fold", "1"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error: a trial needs 5 fold workers of CPU 6, GPU 1; the cluster holds 1" in done.stdout
+
+
+def test_a_fold_allotted_no_gpu_trains_on_the_cpu(one_gpu):
+    actor = ray.remote(num_cpus=1, num_gpus=0)(_Probe).remote()
+    assert ray.get(actor.device.remote("auto")) == ("cpu", "")
+    assert "allotted this fold no GPU" in ray.get(actor.device.remote("cuda"))[0]
+    gpu_actor = ray.remote(num_cpus=1, num_gpus=0.5)(_Probe).remote()
+    assert ray.get(gpu_actor.device.remote("auto"))[0] == "auto"
+    assert allotted_device("auto") == "auto"  # the driver is no fold worker
+
+
+class _Probe:
+    def device(self, device):
+        try:
+            return allotted_device(device), os.environ.get("CUDA_VISIBLE_DEVICES")
+        except ValueError as error:
+            return str(error), None
+
+
+@pytest.mark.parametrize(("gpus", "fraction"), [(1, 0.2), (2, 0.3333), (8, 0.5)])
+def test_the_smoke_study_fills_fake_gpus(local_cluster, tmp_path, gpus, fraction):
+    local_cluster({"num_cpus": 6, "num_gpus": gpus})
+    records = tmp_path / "records"
+    records.mkdir()
+    RecordingTrainer.folder = records
+    study = dataclasses.replace(smoke(), train=smoke().train.replace(epochs=1, device="auto"))
+    # One configuration: the placement, not the grid, is under test.
+    study = dataclasses.replace(study, configurations=study.configurations[:1])
+    study = prepare_data(study, tmp_path)
+    epochs, trials = run_study(study, tmp_path, trainer=RecordingTrainer)
+    assert (trials.status == "completed").all() and len(trials) == len(study.configurations)
+    seen = [json.loads(p.read_text()) for p in records.glob("*.json")]
+    assert len(seen) == 5 * len(study.configurations)
+    for record in seen:
+        assert record["resources"]["GPU"] == pytest.approx(fraction)
+        assert record["device"] == "cpu"  # a declared GPU without CUDA: auto stays on the CPU
+    assert len({r["actor"] for r in seen}) == len(seen)  # a worker per fold
+    assert set(epochs.trial_id) == set(trials.trial_id)
