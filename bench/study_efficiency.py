@@ -1,22 +1,27 @@
 """How much training a search needs to find what the full grid finds.
 
-    python bench/study_efficiency.py                        # minutes on a laptop CPU
-    python bench/study_efficiency.py --patients 10 --epochs 2 --alphas 0.1 1.0 \\
-        --encoder tu-mobilenetv3_small_050 --samples 4 --seeds 1 --json out.json  # CI-sized
+    python bench/study_efficiency.py --json eff.json        # about 30 minutes on 2 CPU cores
+    python bench/study_efficiency.py --patients 10 --epochs 2 --alphas 0.1 \\
+        --encoder tu-mobilenetv3_small_050 --samples 4 --seeds 1     # CI-sized
 
-1. The grid: every configuration of a discrete space (segmentation loss x balancer x
-   GradNorm alpha) is trained for real, on synthetic data with a small model, for the
-   largest epoch budget, on all five folds. The learning rate is constant, so epoch k of that
-   run is what a k-epoch run of the same configuration gives (same seed, same data order).
-   The full grid over (configuration, epochs in {min..max by step}) therefore costs
-   sum(epochs) per configuration, and its best cross-validated score is known.
-2. The `search` preset's method on the same space (epochs searched too): Optuna with ASHA,
-   and Optuna without early stopping, each run through Ray Tune with a trainer that replays
-   the grid's recorded learning curves, over several sampler seeds.
+1. The grid: every configuration of a discrete conditional space (segmentation loss x
+   {equal, GradNorm x alpha}; alpha exists only for GradNorm, as in a study's search) is
+   trained for real, on synthetic data with a small model, for the largest epoch budget, on
+   all five folds. The learning rate is constant, so epoch k of that run is what a k-epoch
+   run of the same configuration gives (same seed, same data order). The full grid over
+   (configuration, epochs in {min..max by step}) therefore costs sum(epochs) per
+   configuration, and its best cross-validated score is known.
+2. Searches on the same space (epochs searched too), run through Ray Tune with a trainer that
+   replays the grid's recorded learning curves, over several sampler seeds each: random
+   search, multivariate TPE, and TPE with ASHA (reduction factor 2 and 3).
 3. Work is counted in epoch-units (one epoch of one configuration, all folds). For each
    search: the work spent until it first finished a trial whose final score is within 0.01
-   of the grid's best (infinite for a seed whose search never did), the median over seeds
-   as a ratio to the grid's total work, and the work the whole search spent.
+   of the grid's best (infinite for a seed whose search never did), its median and range
+   over seeds, the ratio of the median to the grid's total work, and the work the whole
+   search spent.
+4. Why ASHA does or does not pay: how well the score at the first rung ranks the
+   configurations' final scores (Spearman), and how the differences between configurations
+   compare with the noise of a 5-fold score (the best configuration's fold spread).
 """
 
 from __future__ import annotations
@@ -41,15 +46,28 @@ from study.search import Choice, IntRange
 from study.tuner import prepare_data, run_study
 
 TOLERANCE = 0.01
+# name -> (Optuna sampler, Tune scheduler, ASHA reduction factor)
+SEARCHES = {
+    "random": ("random", "none", 2),
+    "tpe": ("tpe", "none", 2),
+    "tpe + asha": ("tpe", "asha", 2),
+    "tpe + asha, rf 3": ("tpe", "asha", 3),
+}
+
+
+def curve_key(seg_loss: str, balancer: str, alpha, fold) -> tuple:
+    """A configuration's learning curve; alpha only for GradNorm (null elsewhere)."""
+    active = balancer == "gradnorm" and alpha is not None and alpha == alpha
+    return (seg_loss, balancer, round(float(alpha), 9) if active else None, fold)
 
 
 class ReplayTrainer:
     """FoldTrainer's interface, replaying a grid's recorded validation metrics."""
 
-    curves: dict = {}  # (seg_loss, balancer, alpha, fold) -> list of per-epoch SplitMetrics
+    curves: dict = {}  # curve_key -> list of per-epoch SplitMetrics
 
     def __init__(self, config, fold):
-        self.key = (config.seg_loss, config.balancer, round(config.alpha, 9), fold)
+        self.key = curve_key(config.seg_loss, config.balancer, config.alpha, fold)
         self.epoch = 0
 
     def run_epoch(self, progress=None) -> EpochMetrics:
@@ -91,16 +109,21 @@ def search_work(trials: pd.DataFrame, target: float) -> float:
     return float("inf")
 
 
+def spearman(a: pd.Series, b: pd.Series) -> float:
+    return float(a.rank().corr(b.rank()))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=20)
     parser.add_argument("--encoder", default="tu-resnet10t", help="the grid's model encoder")
     parser.add_argument("--epochs", type=int, default=6, help="largest epoch budget")
-    parser.add_argument("--min-epochs", type=int, default=2)
+    parser.add_argument("--min-epochs", type=int, default=2, help="and ASHA's grace period")
     parser.add_argument("--step", type=int, default=2)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.05, 0.3, 1.5])
     parser.add_argument("--samples", type=int, default=12, help="trials per search")
-    parser.add_argument("--seeds", type=int, default=3, help="sampler seeds per search")
+    parser.add_argument("--seeds", type=int, default=4, help="sampler seeds per search")
+    parser.add_argument("--searches", nargs="+", choices=list(SEARCHES), default=list(SEARCHES))
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     min_epochs = min(args.min_epochs, args.epochs)
@@ -109,10 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
         budgets.append(args.epochs)
 
     base = smoke()
-    train = base.train.replace(epochs=args.epochs, encoder=args.encoder, lr=5e-4)
-    space_values = {"seg_loss": ("dice", "bce"), "balancer": ("equal", "gradnorm"),
-                    "alpha": tuple(args.alphas)}  # fmt: skip
-    configurations = grid(**space_values)
+    train = base.train.replace(epochs=args.epochs, encoder=args.encoder, lr=5e-4,
+                               lr_schedule="constant")  # fmt: skip
+    losses, alphas = ("dice", "bce"), tuple(args.alphas)
+    configurations = grid(seg_loss=losses, balancer=("equal",)) + grid(
+        seg_loss=losses, balancer=("gradnorm",), alpha=alphas
+    )
     synthetic = dataclasses.replace(base.synthetic, patients=args.patients)
     console = Console()
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
@@ -131,39 +156,53 @@ def main(argv: list[str] | None = None) -> dict:
                 grid_trials[["trial_id", "seg_loss", "balancer", "alpha"]], on="trial_id"
             )
             curves = {}
-            for (loss, balancer, alpha, fold), rows in val.groupby(
-                ["seg_loss", "balancer", "alpha", "fold"]
-            ):
+            keys = ["seg_loss", "balancer", "alpha", "fold"]
+            for (loss, balancer, alpha, fold), rows in val.groupby(keys, dropna=False):
                 rows = rows.sort_values("epoch")
-                curves[(loss, balancer, round(alpha, 9), fold)] = [
+                curves[curve_key(loss, balancer, alpha, fold)] = [
                     split_from_row(r) for _, r in rows.iterrows()
                 ]
             ReplayTrainer.curves = curves
-            # Per configuration and epoch: the fold-mean score, what a k-epoch run reports.
-            scores = val.groupby(["trial_id", "epoch"])[
-                ["pixel_acc", "pattern_acc", "intensity_acc"]
-            ]
-            per_epoch = scores.mean().mean(axis=1)
-            best = max(per_epoch.xs(k, level="epoch").max() for k in budgets)
+            # Per configuration, fold and epoch: the score; its fold mean is what a k-epoch
+            # run reports.
+            metrics = ["pixel_acc", "pattern_acc", "intensity_acc"]
+            per_fold = val.set_index(["trial_id", "epoch", "fold"])[metrics].mean(axis=1)
+            per_epoch = per_fold.groupby(["trial_id", "epoch"]).mean()
+            at_budget = per_epoch.unstack("epoch")[budgets]
+            best_trial, best_epoch = at_budget.stack().idxmax()
+            best = float(at_budget.stack().max())
             grid_work = len(configurations) * sum(budgets)
             target = best - TOLERANCE
+            final_best = at_budget.max(axis=1)
+            ranked = final_best.sort_values(ascending=False)
+            diagnostics = {
+                # Does the first rung rank the configurations as their best budgets do?
+                "rung_rank_correlation": spearman(at_budget[min_epochs], final_best),
+                "best_fold_std": float(per_fold.loc[(best_trial, best_epoch)].std()),
+                "best_standard_error": float(
+                    per_fold.loc[(best_trial, best_epoch)].std() / np.sqrt(5)
+                ),
+                "gap_best_to_second": float(ranked.iloc[0] - ranked.iloc[1]),
+                "configurations_within_tolerance": int((final_best >= target).sum()),
+                "grid_cells_within_tolerance": int((at_budget.stack() >= target).sum()),
+            }
 
-            space = {"seg_loss": Choice(space_values["seg_loss"]),
-                     "balancer": Choice(space_values["balancer"]),
-                     "alpha": Choice(space_values["alpha"]),
+            space = {"seg_loss": Choice(losses), "balancer": Choice(("equal", "gradnorm")),
+                     "alpha": Choice(alphas),
                      "epochs": IntRange(min_epochs, args.epochs, args.step) if len(budgets) > 1
                      else Choice((args.epochs,))}  # fmt: skip
-            searches = {"optuna + asha": "asha", "optuna, no early stopping": "none"}
-            found = {name: [] for name in searches}
-            spent = {name: [] for name in searches}
-            for name, scheduler in searches.items():
+            found = {name: [] for name in args.searches}
+            spent = {name: [] for name in args.searches}
+            for name in args.searches:
+                sampler, scheduler, factor = SEARCHES[name]
                 for seed in range(args.seeds):
                     search = StudyConfig(
-                        name=f"{scheduler}-{seed}", train=study.train, space=space,
-                        num_samples=args.samples, scheduler=scheduler,
-                        grace_period=min_epochs, reduction_factor=2, max_concurrent=1,
-                        synthetic=synthetic, seed=seed, keep_checkpoints=1,
+                        name=f"{sampler}-{scheduler}-{factor}-{seed}", train=study.train,
+                        space=space, num_samples=args.samples, sampler=sampler,
+                        scheduler=scheduler, grace_period=min_epochs, reduction_factor=factor,
+                        max_concurrent=1, synthetic=synthetic, seed=seed, keep_checkpoints=1,
                     )  # fmt: skip
+                    console.print(f"search {name}, seed {seed}")
                     _, trials = run_study(search, results, trainer=ReplayTrainer)
                     if (trials.status == "errored").any():
                         raise RuntimeError(f"replay failed: {trials.error.dropna().iloc[0]}")
@@ -178,6 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
             # A seed that never came within the tolerance counts as infinite work.
             "median_work": float(np.median(works)),
             "ratio_to_grid": float(np.median(works)) / grid_work,
+            "spread": [float(np.min(works)), float(np.max(works))],
             "seeds_reaching_target": int(np.isfinite(works).sum()),
             "total_work_per_seed": spent[name],
         }
@@ -185,19 +225,30 @@ def main(argv: list[str] | None = None) -> dict:
     }
     results = {"grid_configurations": len(configurations), "epoch_budgets": budgets,
                "grid_work": grid_work, "grid_best_score": best, "target": target,
-               "samples": args.samples, "seeds": args.seeds, "searches": summary}  # fmt: skip
+               "samples": args.samples, "seeds": args.seeds, "searches": summary,
+               **diagnostics}  # fmt: skip
     table = Table(title=f"epoch-units to come within {TOLERANCE} of the grid's best "
                   f"cv score ({best:.3f}); the full grid costs {grid_work}")  # fmt: skip
-    columns = ("search", "median epoch-units to it", "vs grid", "seeds reaching it",
-               "epoch-units spent in all")  # fmt: skip
+    columns = ("search", "median epoch-units to it", "vs grid", "range over seeds",
+               "seeds reaching it", "epoch-units spent in all")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="left" if column == "search" else "right")
-    table.add_row("full grid", str(grid_work), "1.00x", "-", str(grid_work))
+    table.add_row("full grid", str(grid_work), "1.00x", "-", "-", str(grid_work))
     for name, entry in summary.items():
+        low, high = entry["spread"]
         table.add_row(name, f"{entry['median_work']:.0f}", f"{entry['ratio_to_grid']:.2f}x",
-                      f"{entry['seeds_reaching_target']}/{args.seeds}",
+                      f"{low:.0f}-{high:.0f}", f"{entry['seeds_reaching_target']}/{args.seeds}",
                       f"{np.mean(entry['total_work_per_seed']):.0f}")  # fmt: skip
     console.print(table)
+    console.print(
+        f"first rung (epoch {min_epochs}) vs best budget, rank correlation over "
+        f"configurations: {diagnostics['rung_rank_correlation']:.2f}; best configuration's "
+        f"5-fold score: standard error {diagnostics['best_standard_error']:.4f}, gap to the "
+        f"second best {diagnostics['gap_best_to_second']:.4f}; "
+        f"{diagnostics['configurations_within_tolerance']}/{len(configurations)} "
+        f"configurations and {diagnostics['grid_cells_within_tolerance']}/"
+        f"{len(configurations) * len(budgets)} (configuration, epochs) cells reach the target"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
     return results

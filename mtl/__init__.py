@@ -26,6 +26,8 @@ _PUBLIC = {
     "parse_overrides": "mtl.config",
     "add_overrides_option": "mtl.config",
     "choices": "mtl.config",
+    "BALANCER_FIELDS": "mtl.config",
+    "is_active": "mtl.config",
     # the result schema (no torch)
     "EpochMetrics": "mtl.schema",
     "SplitMetrics": "mtl.schema",
@@ -71,6 +73,7 @@ _PUBLIC = {
     "split_rows": "mtl.trainer",
     "heldout_rows": "mtl.trainer",
     "resolve_device": "mtl.trainer",
+    "EPOCH_DEPENDENT_SCHEDULES": "mtl.trainer",
     "train_fold": "mtl.train",
     # model, losses, balancers (for the benches)
     "MultiTaskUNet": "mtl.model",
@@ -104,9 +107,11 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and editors; at run time names load on first use
     from mtl.balancing import BALANCERS, GradNorm, build_balancer
     from mtl.config import (
+        BALANCER_FIELDS,
         TRAIN_PRESETS,
         TrainConfig,
         choices,
+        is_active,
         original,
         parse_overrides,
         small,
@@ -145,6 +150,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
     from mtl.tables import epoch_frame, order_columns, write_csv, write_parquet
     from mtl.train import train_fold
     from mtl.trainer import (
+        EPOCH_DEPENDENT_SCHEDULES,
         FoldTrainer,
         Trainer,
         checkpoint_due,

@@ -29,6 +29,21 @@ CHOICES = {
 # balancers take these defaults from here.
 ALPHA = 0.12
 BALANCER_LR = 0.025
+# The balancer fields of TrainConfig each balancer reads (mtl.balancing.BALANCERS). To the
+# other balancers a field means nothing: a search does not sample it for them, and the result
+# tables and labels leave it null.
+BALANCER_FIELDS = {
+    "equal": (),
+    "gradnorm": ("alpha", "balancer_lr"),
+    "uncertainty": ("balancer_lr",),
+    "dwa": (),
+}
+
+
+def is_active(field: str, balancer: str) -> bool:
+    """Whether `field` means anything to a fold trained with `balancer`."""
+    options = {f for fields in BALANCER_FIELDS.values() for f in fields}
+    return field not in options or field in BALANCER_FIELDS.get(balancer, ())
 
 
 @cache

@@ -106,6 +106,9 @@ LR_SCHEDULES = {
     "constant": lambda epoch, epochs: 1.0,
     "cosine": lambda epoch, epochs: 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs)),
 }
+# Schedules whose value at an epoch depends on the total epochs: trials of different lengths
+# are at different points of them at the same epoch (which ASHA's rungs compare).
+EPOCH_DEPENDENT_SCHEDULES = frozenset({"cosine"})
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:

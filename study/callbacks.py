@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from mtl import is_active
 from study.presets import StudyConfig
-from study.results import record, status, study_tables, write_tables
+from study.results import record, status, study_tables, train_overrides, write_tables
 
 STATUS_STYLE = {"completed": "green", "pruned": "yellow", "errored": "red", "running": "cyan"}
 
@@ -58,8 +59,14 @@ class LiveView(Callback):
         self.live.start()
 
     def _row(self, trial) -> dict:
-        epochs = self.study.train.replace(**trial.config).epochs
-        label = ", ".join(f"{k}={_short(trial.config.get(k))}" for k in self.study.varying)
+        config = train_overrides(trial.config)
+        epochs = self.study.train.replace(**config).epochs
+        balancer = config.get("balancer", self.study.train.balancer)
+        label = ", ".join(
+            f"{k}={_short(config[k])}"
+            for k in self.study.varying
+            if k in config and is_active(k, balancer)
+        )
         return self.rows.setdefault(
             trial.trial_id,
             {"label": label or "base", "status": "running", "epoch": 0, "epochs": epochs,

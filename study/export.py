@@ -53,10 +53,10 @@ def fold_model(checkpoint: Path, fold: str) -> dict:
 
 
 def trial_config(row: pd.Series) -> TrainConfig:
-    """The TrainConfig of a row of trials.parquet."""
-    return TrainConfig.from_dict(
-        {f.name: _native(row[f.name]) for f in dataclasses.fields(TrainConfig)}
-    )
+    """The TrainConfig of a row of trials.parquet. A null field (one the trial's balancer
+    does not read) keeps its default."""
+    values = {f.name: _native(row[f.name]) for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig.from_dict({k: v for k, v in values.items() if not _is_null(v)})
 
 
 def choose_trial(trials: pd.DataFrame, which: str) -> pd.Series:
@@ -108,6 +108,10 @@ def export(results: str | Path, out: str | Path, trial: str = "best") -> Path:
 
 def _plain(value):
     return None if pd.isna(value) else float(value)
+
+
+def _is_null(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def _native(value):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mtl import (
+    EPOCH_DEPENDENT_SCHEDULES,
     SCORE_METRICS,
     SplitMetrics,
     SynthSpec,
@@ -25,7 +26,7 @@ from mtl import (
     small,
     tiny,
 )
-from study.search import Choice, Domain, IntRange, LogUniform, domain_values
+from study.search import Choice, Domain, IntRange, LogUniform, active_space, domain_values
 
 
 def grid(**values: Sequence) -> tuple[dict, ...]:
@@ -44,10 +45,12 @@ class StudyConfig:
     configurations: tuple[Mapping[str, object], ...] = ()
     # ... or an Optuna search space over TrainConfig fields, `num_samples` trials.
     space: Mapping[str, Domain] = field(default_factory=dict)
-    # Configurations a search evaluates first (each a value for every key of the space):
-    # known settings the search should start from and be compared with.
+    # Configurations a search evaluates first (each a value for every key of the space that
+    # its balancer reads): known settings the search should start from and be compared with.
     warm_start: tuple[Mapping[str, object], ...] = ()
     num_samples: int = 1
+    # Optuna's sampler: multivariate TPE, or random search (a baseline for it).
+    sampler: Literal["tpe", "random"] = "tpe"
     scheduler: Literal["none", "asha"] = "none"
     grace_period: int = 1  # ASHA: epochs before the first stop decision
     reduction_factor: float = 2.0  # ASHA: keep 1 / reduction_factor at every rung
@@ -89,10 +92,13 @@ class StudyConfig:
         if self.configurations and self.space:
             raise ValueError("a study has configurations or a search space, not both")
         for point in self.warm_start:
-            if set(point) != set(self.space):
+            balancer = point.get("balancer", self.train.balancer)
+            active = set(active_space(self.space, balancer))
+            if set(point) != active:
+                expected = ", ".join(sorted(active)) or "none: the study has no search space"
                 raise ValueError(
-                    f"warm_start: {dict(point)} must set exactly the searched fields "
-                    f"({', '.join(self.space) or 'none: the study has no search space'})"
+                    f"warm_start: {dict(point)} must set exactly the searched fields that "
+                    f"balancer {balancer!r} reads ({expected})"
                 )
         if len(self.warm_start) > self.num_samples:
             raise ValueError(
@@ -118,6 +124,9 @@ class StudyConfig:
         for name in ("num_samples", "grace_period", "cpus_per_trial"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.sampler not in ("tpe", "random"):
+            raise ValueError(f"sampler must be 'tpe' or 'random', got {self.sampler!r}")
+        self._check_rungs()
         if self.reduction_factor <= 1:
             raise ValueError(f"reduction_factor must be > 1, got {self.reduction_factor}")
         if self.max_concurrent < 0 or self.max_failures < 0 or self.keep_checkpoints < 0:
@@ -136,6 +145,25 @@ class StudyConfig:
             raise ValueError("the study needs data: set train.data (--data) or synthetic")
         for config in self.train_configs():  # every configuration must be a valid TrainConfig
             del config
+
+    def _check_rungs(self) -> None:
+        """ASHA compares trials at the same epoch. With a searched `epochs` and a learning-
+        rate schedule whose shape depends on the total epochs, trials at a rung are at
+        different points of their schedules (a 20-epoch cosine trial has decayed further at
+        epoch 10 than a 40-epoch one), and ASHA favours the shortest."""
+        if self.scheduler != "asha" or "epochs" not in self.space:
+            return
+        schedules = set(domain_values(self.space["lr_schedule"])) if (
+            "lr_schedule" in self.space
+        ) else {self.train.lr_schedule}  # fmt: skip
+        unfair = sorted(schedules & set(EPOCH_DEPENDENT_SCHEDULES))
+        if unfair:
+            raise ValueError(
+                f"scheduler='asha' with a searched epochs and lr_schedule={unfair[0]!r} (whose "
+                "shape depends on the total epochs) compares trials at different points of "
+                "their schedules at every rung. Fix one of the three: scheduler='none', a "
+                "fixed epochs (--set epochs=N), or --set lr_schedule=constant"
+            )
 
     def train_configs(self) -> list[TrainConfig]:
         """Every configuration the study may train (a search: each extreme of its domains)."""
@@ -183,7 +211,9 @@ def demo() -> StudyConfig:
             "balancer": Choice(("equal", "gradnorm")),
             "alpha": LogUniform(0.05, 1.5),
         },
-        warm_start=grid(seg_loss=("dice", "bce"), balancer=("equal", "gradnorm"), alpha=(0.5,)),
+        # alpha exists only for GradNorm: the equal-weight points have none.
+        warm_start=grid(seg_loss=("dice", "bce"), balancer=("equal",))
+        + grid(seg_loss=("dice", "bce"), balancer=("gradnorm",), alpha=(0.5,)),
         num_samples=8,
         scheduler="asha",
         grace_period=2,
@@ -210,24 +240,27 @@ def smoke() -> StudyConfig:
 B4_FOLD_MEMORY_GIB = 6.0
 
 
+# The original study's six configurations (GradNorm throughout; mtl.config.original()).
+ORIGINAL_SIX = (
+    {"seg_loss": "dice", "epochs": 30, "alpha": 0.06},
+    {"seg_loss": "dice", "epochs": 35, "alpha": 0.06},
+    {"seg_loss": "dice", "epochs": 30, "alpha": 0.12},
+    {"seg_loss": "bce", "epochs": 30, "alpha": 0.06},
+    {"seg_loss": "bce", "epochs": 35, "alpha": 0.06},
+    {"seg_loss": "bce", "epochs": 30, "alpha": 0.12},
+)
+
+
 def paper() -> StudyConfig:
     """The original study exactly: its six configurations, seed folds A-E, EfficientNet-B4 at
     384 px, batch 8, Adam 1e-4 (network and GradNorm weights), no augmentation, no pruning.
 
     Without --data it runs on a synthetic set of the real set's size (252 patients).
     """
-    six = (
-        {"seg_loss": "dice", "epochs": 30, "alpha": 0.06},
-        {"seg_loss": "dice", "epochs": 35, "alpha": 0.06},
-        {"seg_loss": "dice", "epochs": 30, "alpha": 0.12},
-        {"seg_loss": "bce", "epochs": 30, "alpha": 0.06},
-        {"seg_loss": "bce", "epochs": 35, "alpha": 0.06},
-        {"seg_loss": "bce", "epochs": 30, "alpha": 0.12},
-    )
     return StudyConfig(
         name="paper",
         train=original(),
-        configurations=six,
+        configurations=ORIGINAL_SIX,
         synthetic=SynthSpec(patients=252, size=384, specimens=4, seed=0),
         fold_memory_gib=B4_FOLD_MEMORY_GIB,
     )
@@ -235,7 +268,18 @@ def paper() -> StudyConfig:
 
 def search() -> StudyConfig:
     """Optuna over GradNorm's alpha, epochs, segmentation loss, balancer and its learning
-    rate, with ASHA; the original model and data setting otherwise."""
+    rate, with ASHA; the original model and data setting otherwise.
+
+    The search starts from the original study's six configurations (evaluated first), so its
+    report answers whether the search found better and whether the difference is real. alpha
+    is sampled only for GradNorm trials and balancer_lr only for the balancers with learned
+    weights. ASHA may prune a searched `epochs` fairly because the learning rate is constant
+    (the original's): epoch k of every trial is what a k-epoch run gives, whatever its total;
+    a cosine schedule would be rejected here.
+    """
+    original_six = tuple(
+        {**c, "balancer": "gradnorm", "balancer_lr": original().balancer_lr} for c in ORIGINAL_SIX
+    )
     return StudyConfig(
         name="search",
         train=original(),
@@ -246,6 +290,7 @@ def search() -> StudyConfig:
             "balancer": Choice(("gradnorm", "equal", "uncertainty", "dwa")),
             "balancer_lr": LogUniform(1e-4, 0.1),
         },
+        warm_start=original_six,
         num_samples=40,
         scheduler="asha",
         grace_period=5,
@@ -273,7 +318,8 @@ def get_preset(name: str) -> StudyConfig:
 def apply_overrides(study: StudyConfig, pairs: Sequence[str]) -> StudyConfig:
     """Apply `--set key=value` pairs to the study's TrainConfig.
 
-    A field that the configurations or the search space vary is fixed to the value given.
+    A field that the configurations, the search space or the warm start vary is fixed to the
+    value given (a warm-start point keeps the searched fields its balancer still reads).
     Unknown keys and values of the wrong type are errors that name the field.
     """
     changes = parse_overrides(pairs)
@@ -282,9 +328,18 @@ def apply_overrides(study: StudyConfig, pairs: Sequence[str]) -> StudyConfig:
             tuple((k, v) for k, v in c.items() if k not in changes) for c in study.configurations
         )
     )
+    train = study.train.replace(**changes)
+    space = {k: d for k, d in study.space.items() if k not in changes}
+    points = []
+    for point in study.warm_start:
+        balancer = point.get("balancer", train.balancer) if "balancer" in space else train.balancer
+        kept = {k: point[k] for k in active_space(space, balancer) if k in point}
+        if kept and kept not in points:
+            points.append(kept)
     return dataclasses.replace(
         study,
-        train=study.train.replace(**changes),
+        train=train,
         configurations=tuple(dict(c) for c in configurations if c) if configurations else (),
-        space={k: d for k, d in study.space.items() if k not in changes},
+        space=space,
+        warm_start=tuple(points),
     )

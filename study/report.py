@@ -56,6 +56,7 @@ from study.summary import (
     select_epochs,
     stopped_trials,
     summarise,
+    warm_start_sentence,
 )
 
 CONFUSION_FIGURES = 3  # confusion matrices for this many of the best configurations
@@ -90,6 +91,8 @@ def build_tables(
         for metric in ("score", list(level_metrics(level))[1])  # the score, pattern accuracy
         if len(stats) and metric in set(stats.metric)
     ]
+    sentences.append(warm_start_sentence(stats, trials, labels, results.warm_start))
+    sentences = [s for s in sentences if s]
     where = f"validation, {LEVELS[level]}, {EPOCHS[epoch]}"
     title = (
         f"{results.name}: completed configurations, {where}; mean ± std over folds, "

@@ -26,6 +26,7 @@ from mtl import (
     SCORE_METRICS,
     EpochMetrics,
     TrainConfig,
+    is_active,
     order_columns,
     write_parquet,
 )
@@ -102,6 +103,16 @@ def fold_summary(epochs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -
     return summary.reset_index()
 
 
+# The key of a searched trial's configuration that holds its Optuna trial number (set by
+# study.search.ConditionalSpace); not a TrainConfig field.
+OPTUNA_TRIAL = "optuna_trial"
+
+
+def train_overrides(config: Mapping) -> dict:
+    """A Tune trial's configuration without the searcher's bookkeeping: TrainConfig fields."""
+    return {k: v for k, v in config.items() if k != OPTUNA_TRIAL}
+
+
 @dataclass(frozen=True)
 class TrialRecord:
     """What the tables need of one Tune trial, wherever it was read from."""
@@ -159,12 +170,22 @@ def study_tables(
     epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ID_COLUMNS)
     rows = []
     for r in records:
-        config = base.replace(**r.overrides)
+        config = base.replace(**train_overrides(r.overrides))
         reports = r.reports
         epochs_run = int(reports.epoch.max()) if "epoch" in reports and len(reports) else 0
+        # A balancer's fields mean nothing to the other balancers: null there, not a number.
+        fields = {
+            k: v if is_active(k, config.balancer) else None
+            for k, v in dataclasses.asdict(config).items()
+        }
         row = {
             "trial_id": r.trial_id,
-            **dataclasses.asdict(config),
+            **(
+                {OPTUNA_TRIAL: int(r.overrides[OPTUNA_TRIAL])}
+                if OPTUNA_TRIAL in r.overrides
+                else {}
+            ),
+            **fields,
             "status": status(r.tune_status, epochs_run, config.epochs),
             "epochs_run": epochs_run,
             "error": r.error,

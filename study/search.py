@@ -1,18 +1,31 @@
 """Search spaces, the Optuna searcher and the ASHA scheduler of a study.
 
-A preset describes its space with the small frozen domains below; `tune_space` turns them
-into Tune's, which Ray's Optuna searcher converts into Optuna distributions.
+A preset describes its space with the small frozen domains below. The space is conditional
+(define-by-run, `ConditionalSpace`): a balancer's own fields (`alpha` for GradNorm,
+`balancer_lr` for the balancers with learned weights, mtl.config.BALANCER_FIELDS) are
+sampled only for the trials whose balancer reads them, so no trial carries a number that did
+nothing, and TPE does not model one.
+
+The Optuna study and the tables are linked: every trial's configuration carries its Optuna
+trial number (`optuna_trial`, a column of trials.parquet), and every Optuna trial the Tune
+trial id and the study folder as user attributes.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
+
+from mtl import TrainConfig, is_active
+from study.results import OPTUNA_TRIAL
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,15 +66,36 @@ class IntRange:
 Domain = Choice | LogUniform | IntRange
 
 
-def tune_space(space: Mapping[str, Domain]) -> dict:
-    def convert(domain: Domain):
-        if isinstance(domain, Choice):
-            return tune.choice(list(domain.values))
-        if isinstance(domain, LogUniform):
-            return tune.loguniform(domain.low, domain.high)
-        return tune.qrandint(domain.low, domain.high, domain.step)
+def active_space(space: Mapping[str, Domain], balancer: str) -> list[str]:
+    """The keys of `space` a trial with `balancer` samples, balancer first."""
+    keys = sorted(space, key=lambda key: key != "balancer")
+    return [key for key in keys if is_active(key, balancer)]
 
-    return {key: convert(domain) for key, domain in space.items()}
+
+class ConditionalSpace:
+    """Optuna's define-by-run space: the balancer first (when searched), then every other
+    field of the space that the balancer reads. A class, not a closure: Tune pickles the
+    searcher, space included, into its experiment state."""
+
+    def __init__(self, space: Mapping[str, Domain], base: TrainConfig):
+        self.space, self.base_balancer = dict(space), base.balancer
+
+    def __call__(self, trial) -> dict:
+        balancer = self.base_balancer
+        if "balancer" in self.space:
+            balancer = _suggest(trial, "balancer", self.space["balancer"])
+        for key in active_space(self.space, balancer):
+            if key != "balancer":
+                _suggest(trial, key, self.space[key])
+        return {OPTUNA_TRIAL: trial.number}
+
+
+def _suggest(trial, key: str, domain: Domain):
+    if isinstance(domain, Choice):
+        return trial.suggest_categorical(key, list(domain.values))
+    if isinstance(domain, LogUniform):
+        return trial.suggest_float(key, domain.low, domain.high, log=True)
+    return trial.suggest_int(key, domain.low, domain.high, step=domain.step)
 
 
 def domain_values(domain: Domain) -> tuple:
@@ -74,44 +108,114 @@ def domain_values(domain: Domain) -> tuple:
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
-    """Ray's Optuna searcher, except that trials ASHA stopped are told as PRUNED.
+    """Ray's Optuna searcher, with exact bookkeeping.
 
-    Ray tells Optuna every trial that ends without error as COMPLETE with its last score, so
-    a configuration stopped at epoch 4 would count as fully evaluated. A trial reports the
-    epochs it was asked to train (`epochs`) and the epoch it reached (`epoch`); when it
-    stopped short, Optuna gets PRUNED, with the last score as its last intermediate value.
+    - Intermediate values are the trial's cross-validated scores by epoch (`epoch`, not
+      Tune's iteration count, which a restored trial would shift).
+    - A trial ASHA stopped is told as PRUNED, not COMPLETE. Tune does not pass the result
+      that triggered the stop to `on_trial_result`, only to `on_trial_complete`: it is
+      reported there, so that the trial's value (the last intermediate value, for a pruned
+      trial) is its last reported score, never the epoch before.
+    - Telling is idempotent: a trial already finished in the Optuna study (told before, or
+      restored from storage) is left as it is, and an error while telling is logged, never
+      turned into a failed trial.
+    - Each Optuna trial carries the Tune trial id and the study folder as user attributes.
     """
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if not error and result and result.get("epoch", 0) < result.get("epochs", 0):
-            import optuna
+    def __init__(self, *args, folder: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._folder = folder
 
-            ot_trial = self._ot_trials[trial_id]
-            # The per-epoch scores were already reported (on_trial_result); PRUNED uses them.
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        trial = self._ot_trials[trial_id]
+        self._ot_study._storage.set_trial_user_attr(trial._trial_id, "tune_trial_id", trial_id)
+        self._ot_study._storage.set_trial_user_attr(trial._trial_id, "study_folder", self._folder)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        import optuna
+
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or self._finished(ot_trial):
             self._completed_trials.add(trial_id)
             return
-        super().on_trial_complete(trial_id, result, error)
+        self._report(trial_id, result or {})
+        score = (result or {}).get(self.metric)
+        states = optuna.trial.TrialState
+        if error:
+            state, value = states.FAIL, None
+        elif result and result.get("epoch", 0) < result.get("epochs", 0):
+            state, value = states.PRUNED, None  # Optuna takes the last intermediate value
+        elif score is not None and math.isfinite(score):
+            state, value = states.COMPLETE, score
+        else:
+            state, value = states.FAIL, None  # no score to tell
+        try:
+            self._ot_study.tell(ot_trial, value, state=state)
+        except Exception as exc:  # the study must go on; the trial stays as Optuna has it
+            logger.warning("Optuna could not record trial %s as %s: %s", trial_id, state, exc)
+        self._completed_trials.add(trial_id)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """Report the result's score at its epoch, once per epoch."""
+        ot_trial = self._ot_trials.get(trial_id)
+        score, epoch = result.get(self.metric), result.get("epoch")
+        if ot_trial is None or score is None or epoch is None or not math.isfinite(score):
+            return
+        if trial_id in self._completed_trials or self._finished(ot_trial):
+            return
+        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        if int(epoch) not in frozen.intermediate_values:
+            ot_trial.report(float(score), int(epoch))
+
+    def _finished(self, ot_trial) -> bool:
+        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
 
 
 def optuna_search(
-    name: str, folder: Path, seed: int, warm_start: Sequence[Mapping] = ()
+    name: str,
+    folder: Path,
+    seed: int,
+    space: Mapping[str, Domain],
+    base: TrainConfig,
+    warm_start: Sequence[Mapping] = (),
+    sampler: str = "tpe",
 ) -> PruneAwareOptunaSearch:
-    """An Optuna searcher whose study lives in FOLDER/optuna.db (SQLite).
+    """An Optuna searcher over the conditional `space`, whose study lives in
+    FOLDER/optuna.db (SQLite).
 
     `optuna-dashboard sqlite:///FOLDER/optuna.db` and Optuna's plots open it, and a later
-    study with the same name extends it. The metric and mode come from the TuneConfig.
+    study with the same name extends it.
     """
+    import warnings
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the live view says what happens
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / 'optuna.db').resolve()}")
+    # Multivariate TPE models the parameters jointly (alpha and epochs interact); `group`
+    # splits the trials by which parameters they have, so that a conditional space (alpha
+    # only for GradNorm) is modelled per group instead of falling back to independent
+    # sampling of every parameter.
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }
     return PruneAwareOptunaSearch(
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        space=ConditionalSpace(space, base),
+        metric="cv_score",
+        mode="max",
+        sampler=samplers[sampler](),
         study_name=name,
         storage=storage,
         # Enqueued in the Optuna study: the first trials evaluate these, in this order.
         points_to_evaluate=[dict(p) for p in warm_start] or None,
+        folder=str(folder.resolve()),
     )
 
 

@@ -152,7 +152,16 @@ def varying_fields(trials: pd.DataFrame, keys=()) -> list[str]:
 
 
 def configuration_label(row: pd.Series, keys) -> str:
-    return ", ".join(f"{key}={value_text(row[key])}" for key in keys) or "base"
+    """'seg_loss=dice, alpha=0.06'; a field the trial's balancer does not read (null in
+    trials.parquet) is left out."""
+    return (
+        ", ".join(f"{key}={value_text(row[key])}" for key in keys if not _is_null(row[key]))
+        or "base"
+    )
+
+
+def _is_null(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def configuration_labels(trials: pd.DataFrame, keys=()) -> pd.Series:
@@ -230,6 +239,7 @@ class Results:
     num_folds: int | None = None  # k of the (repeated) k-fold cross-validation
     held_out: bool = False  # whether the study kept a test set out of every fold
     test: pd.DataFrame | None = None  # test.parquet: the chosen configuration's test estimate
+    warm_start: int = 0  # how many configurations a search evaluated first
 
 
 def study_keys(study: dict) -> tuple[str, ...]:
@@ -261,6 +271,40 @@ def load_results(path: str | Path) -> Results:
         num_folds=train.get("num_folds"),
         held_out=bool(train.get("held_out")),
         test=pd.read_parquet(test_file) if test_file.is_file() else None,
+        warm_start=len(study.get("warm_start", ())),
+    )
+
+
+def warm_start_sentence(
+    stats: pd.DataFrame, trials: pd.DataFrame, labels: pd.Series, count: int
+) -> str | None:
+    """Did the search beat the configurations it started from (its first `count` Optuna
+    trials), and is the difference real? From the score rows of `compare_to_best`."""
+    rows = stats[stats.metric == "score"] if len(stats) else stats
+    if not count or "optuna_trial" not in trials or not len(rows) or not rows.is_best.any():
+        return None
+    starts = set(trials.nsmallest(count, "optuna_trial").trial_id)
+    started = rows[rows.trial_id.isin(starts)]
+    if started.empty:
+        return None
+    best = rows[rows.is_best].iloc[0]
+    if best.trial_id in starts:
+        return (
+            f"The search did not beat its warm start: the best configuration "
+            f"({labels.get(best.trial_id, best.trial_id)}) is one of the {count} it started from."
+        )
+    start = started.loc[started["mean"].idxmax()]
+    real = {
+        "worse": "the difference is real",
+        "equivalent": "the two are equivalent within the rope",
+        "undecided": "the difference is not established",
+    }.get(start.verdict, "the difference is not established")
+    return (
+        f"The search against its warm start: the best found ({labels.get(best.trial_id)}, "
+        f"score {best['mean']:.3f}) minus the best of the {count} it started from "
+        f"({labels.get(start.trial_id)}, {start['mean']:.3f}) is {-start.diff_vs_best:+.3f}, "
+        f"95% interval [{-start.ci_high:+.3f}, {-start.ci_low:+.3f}] over {int(start.n_folds)} "
+        f"folds: {real}."
     )
 
 

@@ -33,7 +33,7 @@ from mtl import (
     split_label,
     train_epochs,
 )
-from study.results import epoch_report
+from study.results import epoch_report, train_overrides
 from study.storage import fetch_store, store_cache
 
 VERSIONS = {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}
@@ -156,7 +156,7 @@ def run_trial(
     threads: int,
     trainer: type = FoldTrainer,
 ) -> None:
-    config = base.replace(**overrides)
+    config = base.replace(**train_overrides(overrides))
     workers = Folds(config, folds, actor_options, threads, store_hash, trainer)
     done = 0  # epochs completed
     checkpoint = tune.get_checkpoint()

@@ -135,7 +135,7 @@ def build_tuner(
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from study.callbacks import LiveView, ResultsWriter
-    from study.search import asha, optuna_search, tune_space
+    from study.search import asha, optuna_search
     from study.trial import run_trial
 
     resources, actor_options, threads = placement or fold_placement(study)
@@ -157,10 +157,12 @@ def build_tuner(
             f"{experiment}/tune", trainable, resume_unfinished=True, resume_errored=False
         )
     if study.space:
-        search_alg, param_space = (
-            optuna_search(study.name, folder, study.seed, study.warm_start),
-            tune_space(study.space),
-        )
+        # The space is Optuna's (define-by-run, conditional); Tune's stays empty.
+        search_alg = optuna_search(
+            study.name, folder, study.seed, study.space, study.train, study.warm_start,
+            study.sampler,
+        )  # fmt: skip
+        param_space = {}
     else:
         # Each configuration is one point to evaluate; every point names every varying field
         # (the base value where it has none), so nothing is ever sampled at random.

@@ -3,6 +3,7 @@
 Each runs as its own process, as a user runs it (some start their own Ray)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -93,7 +94,12 @@ def test_study_efficiency(run_bench):
     )  # fmt: skip
     assert result["grid_configurations"] == 4 and result["grid_work"] == 4 * (1 + 2)
     assert result["target"] == pytest.approx(result["grid_best_score"] - 0.01)
-    assert set(result["searches"]) == {"optuna + asha", "optuna, no early stopping"}
+    assert set(result["searches"]) == {"random", "tpe", "tpe + asha", "tpe + asha, rf 3"}
     for search in result["searches"].values():
         fields = {"work_per_seed", "median_work", "ratio_to_grid", "seeds_reaching_target"}
-        assert fields | {"total_work_per_seed"} <= set(search)
+        assert fields | {"total_work_per_seed", "spread"} <= set(search)
+        low, high = search["spread"]
+        assert low <= search["median_work"] <= high
+    correlation = result["rung_rank_correlation"]
+    assert math.isnan(correlation) or -1 <= correlation <= 1
+    assert 1 <= result["configurations_within_tolerance"] <= 4

@@ -15,7 +15,8 @@ import torch
 
 from mtl import EpochMetrics, SplitMetrics
 from study.presets import StudyConfig, smoke
-from study.search import LogUniform
+from study.search import Choice, LogUniform
+from study.summary import configuration_labels
 from study.tuner import prepare_data, run_study
 
 pytestmark = pytest.mark.slow  # a whole study
@@ -78,14 +79,57 @@ def test_asha_uses_the_fold_mean_and_optuna_records_pruned_trials(ray_local, tmp
     # ... the fold-mean never stopped it, and every pruned trial is worse on that mean.
     assert (pruned.best_cv_score < best.best_cv_score).all()
 
-    storage = f"sqlite:///{tmp_path / 'asha' / 'optuna.db'}"
-    states = {
-        t.params["alpha"]: t.state
-        for t in optuna.load_study(study_name="asha", storage=storage).trials
-    }
-    assert len(states) == len(trials)
-    for trial in trials.itertuples():
-        expected = {"completed": "COMPLETE", "pruned": "PRUNED"}[trial.status]
-        assert states[trial.alpha].name == expected
-    pruned_values = pd.Series([s.name for s in states.values()]).value_counts()
-    assert pruned_values.get("PRUNED", 0) == len(pruned)
+    _assert_optuna_matches_the_tables(tmp_path / "asha", "asha")
+
+
+def _assert_optuna_matches_the_tables(folder, name) -> optuna.Study:
+    """Trial by trial: Optuna's state, value and intermediate values are the tables'."""
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = pd.read_parquet(folder / "trials.parquet")
+    epochs = pd.read_parquet(folder / "epochs.parquet")
+    val = epochs[epochs.split == "val"]
+    # The cross-validated score by epoch: the fold-mean of the score metrics, averaged.
+    by_epoch = val.groupby(["trial_id", "epoch"])[["pixel_acc", "pattern_acc", "intensity_acc"]]
+    cv_score = by_epoch.mean().mean(axis=1)
+    assert len(study.trials) == len(trials)
+    for row in trials.itertuples():
+        trial = study.trials[row.optuna_trial]
+        assert trial.user_attrs["tune_trial_id"] == row.trial_id
+        assert trial.user_attrs["study_folder"] == str(folder.resolve())
+        assert trial.state.name == {"completed": "COMPLETE", "pruned": "PRUNED"}[row.status]
+        scores = cv_score.loc[row.trial_id]
+        assert trial.value == pytest.approx(scores.loc[row.epochs_run]) == row.cv_score
+        assert trial.intermediate_values == pytest.approx(scores.to_dict())
+        assert max(trial.intermediate_values) == row.epochs_run
+    return study
+
+
+def test_an_equal_weight_trial_has_no_alpha_anywhere(ray_local, tmp_path):
+    study = StudyConfig(
+        name="conditional",
+        train=smoke().train.replace(epochs=3),
+        space={"balancer": Choice(("equal", "gradnorm")), "alpha": LogUniform(0.05, 1.0)},
+        warm_start=({"balancer": "equal"}, {"balancer": "gradnorm", "alpha": 0.5}),
+        num_samples=6,
+        scheduler="asha",
+        grace_period=1,
+        reduction_factor=2,
+        max_concurrent=1,
+        synthetic=smoke().synthetic,
+    )
+    _, trials = run_study(prepare_data(study, tmp_path), tmp_path, trainer=ScriptedTrainer)
+    optuna_study = _assert_optuna_matches_the_tables(tmp_path / "conditional", "conditional")
+    # The warm start ran first, as given.
+    first = trials.sort_values("optuna_trial").head(2)
+    assert first.balancer.tolist() == ["equal", "gradnorm"] and first.alpha.iloc[1] == 0.5
+    labels = configuration_labels(trials)
+    for row in trials.itertuples():
+        params = optuna_study.trials[row.optuna_trial].params
+        if row.balancer == "equal":
+            assert "alpha" not in params and pd.isna(row.alpha)
+            assert "alpha" not in labels[row.trial_id]
+        else:
+            assert params["alpha"] == pytest.approx(row.alpha)
+            assert "alpha=" in labels[row.trial_id]
+    assert (trials.balancer == "equal").any() and (trials.balancer == "gradnorm").any()

@@ -511,3 +511,23 @@ def test_the_module_stays_light():
     code = f"import sys, study.stats.cli; print(sorted(set({heavy!r}) & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_warm_start_sentence_says_whether_the_search_beat_its_start():
+    from study.summary import warm_start_sentence
+
+    per_fold = pd.DataFrame(
+        [
+            {"trial_id": t, "fold": f, "score": base + bump}
+            for t, base in (("start", 0.70), ("found", 0.80), ("other", 0.60))
+            for f, bump in zip("ABCDE", (0.0, 0.01, -0.01, 0.005, -0.005), strict=True)
+        ]
+    )
+    trials = pd.DataFrame({"trial_id": ["start", "found", "other"], "optuna_trial": [0, 1, 2]})
+    labels = pd.Series({"start": "balancer=gradnorm", "found": "balancer=dwa", "other": "x"})
+    sentence = warm_start_sentence(compare_to_best(per_fold), trials, labels, 1)
+    assert "best found (balancer=dwa, score 0.800)" in sentence
+    assert "(balancer=gradnorm, 0.700) is +0.100" in sentence
+    assert "the difference is real" in sentence
+    assert "did not beat" in warm_start_sentence(compare_to_best(per_fold), trials, labels, 2)
+    assert warm_start_sentence(compare_to_best(per_fold), trials, labels, 0) is None

@@ -1,0 +1,128 @@
+"""The searcher's bookkeeping without Ray: the conditional space, telling Optuna exactly and
+idempotently, the warm start, and the combinations a study refuses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import pytest
+
+from mtl import tiny
+from study.presets import StudyConfig, apply_overrides, get_preset, smoke
+from study.search import Choice, IntRange, LogUniform, optuna_search
+
+SPACE = {
+    "balancer": Choice(("equal", "gradnorm", "uncertainty", "dwa")),
+    "alpha": LogUniform(0.01, 3.0),
+    "balancer_lr": LogUniform(1e-4, 0.1),
+    "seg_loss": Choice(("dice", "bce")),
+}
+READS = {"equal": set(), "gradnorm": {"alpha", "balancer_lr"}, "uncertainty": {"balancer_lr"},
+         "dwa": set()}  # fmt: skip
+
+
+def _searcher(tmp_path, warm_start=(), space=SPACE, sampler="tpe"):
+    return optuna_search("s", tmp_path, 0, space, tiny(), warm_start, sampler)
+
+
+def _study(tmp_path) -> optuna.Study:
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_balancer_s_fields_exist_only_for_the_balancers_that_read_them(tmp_path, sampler):
+    searcher = _searcher(tmp_path, sampler=sampler)
+    for i in range(24):
+        config = searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {"cv_score": 0.5, "epoch": 1, "epochs": 1})
+        searched = set(config) - {"balancer", "seg_loss", "optuna_trial"}
+        assert searched == READS[config["balancer"]], config
+    trials = _study(tmp_path).trials
+    assert {t.params["balancer"] for t in trials} == set(READS)  # every branch drawn
+    for trial in trials:
+        assert set(trial.params) - {"balancer", "seg_loss"} == READS[trial.params["balancer"]]
+        assert trial.user_attrs["tune_trial_id"] == f"t{trial.number}"
+        assert trial.user_attrs["study_folder"] == str(tmp_path.resolve())
+
+
+def test_values_are_the_last_score_and_telling_is_idempotent(tmp_path):
+    searcher = _searcher(tmp_path)
+    for trial_id in ("done", "stopped", "failed"):
+        assert searcher.suggest(trial_id)["optuna_trial"] == len(searcher._ot_trials) - 1
+    for epoch, score in ((1, 0.5), (2, 0.6)):
+        for trial_id in ("done", "stopped"):
+            searcher.on_trial_result(trial_id, {"cv_score": score, "epoch": epoch, "epochs": 3})
+    searcher.on_trial_result("done", {"cv_score": 0.7, "epoch": 3, "epochs": 3})
+    searcher.on_trial_complete("done", {"cv_score": 0.7, "epoch": 3, "epochs": 3})
+    # ASHA's stop: Tune passes the result that triggered it to on_trial_complete only.
+    searcher.on_trial_complete("stopped", {"cv_score": 0.55, "epoch": 3, "epochs": 4})
+    searcher.on_trial_complete("failed", None, error=True)
+    # Told again (a restored searcher, a second completion): nothing changes.
+    searcher.on_trial_complete("stopped", {"cv_score": 0.9, "epoch": 4, "epochs": 4})
+    searcher.on_trial_complete("stopped", None, error=True)
+    searcher.on_trial_result("stopped", {"cv_score": 0.9, "epoch": 4, "epochs": 4})
+    trials = {t.user_attrs["tune_trial_id"]: t for t in _study(tmp_path).trials}
+    done, stopped, failed = trials["done"], trials["stopped"], trials["failed"]
+    assert done.state.name == "COMPLETE" and done.value == 0.7
+    assert done.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
+    assert stopped.state.name == "PRUNED" and stopped.value == 0.55
+    assert stopped.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.55}
+    assert failed.state.name == "FAIL"
+
+
+def test_an_optuna_error_while_telling_leaves_the_trial_as_it_was(tmp_path, monkeypatch):
+    searcher = _searcher(tmp_path)
+    searcher.suggest("t")
+    searcher.on_trial_result("t", {"cv_score": 0.5, "epoch": 1, "epochs": 2})
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(searcher._ot_study, "tell", broken)
+    searcher.on_trial_complete("t", {"cv_score": 0.5, "epoch": 1, "epochs": 2})  # no raise
+    (trial,) = _study(tmp_path).trials
+    assert trial.state.name == "RUNNING"  # never FAIL for a trial that did not fail
+
+
+def test_a_seeded_search_evaluates_the_given_configurations_first(tmp_path):
+    points = [
+        {"balancer": "equal", "seg_loss": "bce"},
+        {"balancer": "gradnorm", "seg_loss": "dice", "alpha": 0.06, "balancer_lr": 1e-4},
+    ]
+    searcher = _searcher(tmp_path, warm_start=points)
+    first = [searcher.suggest(f"t{i}") for i in range(3)]
+    for config, point in zip(first, points, strict=False):
+        assert {k: v for k, v in config.items() if k != "optuna_trial"} == point
+
+
+def test_the_search_preset_starts_from_the_original_six():
+    search = get_preset("search")
+    assert len(search.warm_start) == 6
+    assert {(p["seg_loss"], p["epochs"], p["alpha"]) for p in search.warm_start} == {
+        (c["seg_loss"], c["epochs"], c["alpha"]) for c in get_preset("paper").configurations
+    }
+    assert all(p["balancer"] == "gradnorm" for p in search.warm_start)
+    # Fixing the balancer keeps the points, less the fields the balancer does not read.
+    equal = apply_overrides(search, ["balancer=equal"])
+    assert all(set(p) == {"seg_loss", "epochs"} for p in equal.warm_start)
+
+
+def test_asha_with_searched_epochs_under_a_cosine_schedule_is_refused():
+    base = dataclasses.replace(smoke(), configurations=())
+    fair = dict(space={"epochs": IntRange(2, 4, 2)}, num_samples=2, scheduler="asha")
+    StudyConfig(**{**dataclasses.asdict(base), "train": base.train, **fair,
+                   "synthetic": base.synthetic})  # fmt: skip
+    for unfair in (
+        {"train": base.train.replace(lr_schedule="cosine")},
+        {"train": base.train,
+         "space": {**fair["space"], "lr_schedule": Choice(("constant", "cosine"))}},
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match="scheduler='asha' with a searched epochs and "
+                           "lr_schedule='cosine'.*scheduler='none'.*--set epochs=N.*"
+                           "lr_schedule=constant"):  # fmt: skip
+            StudyConfig(**{**dataclasses.asdict(base), **fair, **unfair,
+                           "synthetic": base.synthetic})  # fmt: skip
+    # The demo (fixed epochs, cosine) and the search preset (constant) are valid.
+    assert get_preset("demo").train.lr_schedule == "cosine"
+    assert get_preset("search").train.lr_schedule == "constant"
