@@ -84,16 +84,15 @@ class ReplayTrainer:
 
 
 def split_from_row(row: pd.Series) -> SplitMetrics:
-    """A validation row of epochs.parquet back into SplitMetrics (patch-level matrices)."""
+    """A validation row of epochs.parquet back into SplitMetrics. The search sees the
+    scalars only, so the confusion matrices are left empty (zeros)."""
     values = {
         f.name: row[f.name].item() if hasattr(row[f.name], "item") else row[f.name]
         for f in dataclasses.fields(SplitMetrics)
         if f.name in row and not f.name.endswith("_confusion")
     }
     for name, labels in (("pattern", PATTERNS), ("intensity", INTENSITIES)):
-        values[f"{name}_confusion"] = tuple(
-            tuple(int(row[f"cm_{name}_{t}_{p}"]) for p in labels) for t in labels
-        )
+        values[f"{name}_confusion"] = tuple((0,) * len(labels) for _ in labels)
     values["patches"] = int(values["patches"])
     return SplitMetrics(**values)
 
@@ -102,7 +101,7 @@ def search_work(trials: pd.DataFrame, target: float) -> float:
     """Epoch-units spent, trials in the order they ran (one at a time), until the first
     finished trial scoring >= target; infinite if none does."""
     spent = 0
-    for trial in trials.sort_values("first_report").itertuples():
+    for trial in trials.sort_values("started").itertuples():
         spent += trial.epochs_run
         if trial.status == "completed" and trial.cv_score >= target:
             return spent

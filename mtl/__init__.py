@@ -44,6 +44,12 @@ _PUBLIC = {
     "order_columns": "mtl.tables",
     "write_parquet": "mtl.tables",
     "write_csv": "mtl.tables",
+    "SCHEMA_VERSION": "mtl.tables",
+    "SCHEMAS": "mtl.tables",
+    "table_schema": "mtl.tables",
+    "to_arrow": "mtl.tables",
+    "CONFUSIONS": "mtl.schema",
+    "confusion_matrix_cells": "mtl.schema",
     # data
     "SynthSpec": "mtl.data",
     "PatchStore": "mtl.data",
@@ -137,6 +143,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
     from mtl.model import MultiTaskOutput, MultiTaskUNet
     from mtl.predict import MODEL_FORMAT
     from mtl.schema import (
+        CONFUSIONS,
         CV_METRICS,
         ID_COLUMNS,
         METRIC_LEVELS,
@@ -147,7 +154,16 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
         SplitMetrics,
         score,
     )
-    from mtl.tables import epoch_frame, order_columns, write_csv, write_parquet
+    from mtl.tables import (
+        SCHEMA_VERSION,
+        SCHEMAS,
+        epoch_frame,
+        order_columns,
+        table_schema,
+        to_arrow,
+        write_csv,
+        write_parquet,
+    )
     from mtl.train import train_fold
     from mtl.trainer import (
         EPOCH_DEPENDENT_SCHEDULES,

@@ -45,6 +45,14 @@ METRIC_LEVELS = {
     "patient_pattern_mca": "patient",
     "patient_intensity_acc": "patient",
 }
+# The confusion matrices a split keeps: (level, task, labels); confusions.parquet's rows.
+CONFUSIONS = (
+    ("patch", "pattern", PATTERNS),
+    ("patch", "intensity", INTENSITIES),
+    ("patient", "pattern", PATTERNS),
+    ("patient", "intensity", INTENSITIES),
+)
+CONFUSION_LABELS = {(level, task): labels for level, task, labels in CONFUSIONS}
 # The identifying columns of epochs.parquet (and of `python -m mtl.train`'s epochs table).
 ID_COLUMNS = ("trial_id", "fold", "epoch", "split")
 
@@ -85,24 +93,46 @@ class SplitMetrics:
         return tuple(recalls(np.asarray(self.pattern_confusion)))
 
     def flat(self) -> dict[str, float]:
-        """Scalars only: confusion matrices and recalls become one column per cell."""
+        """Scalars only, the columns of epochs.parquet: the recall of every pattern instead
+        of the matrices (those go to confusions.parquet, `confusions()`)."""
         row = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
             if not f.name.endswith("_confusion")
         }
         row.update({f"recall_{p}": r for p, r in zip(PATTERNS, self.pattern_recall, strict=True)})
-        for name, labels in (
-            ("pattern", PATTERNS),
-            ("intensity", INTENSITIES),
-            ("patient_pattern", PATTERNS),
-            ("patient_intensity", INTENSITIES),
-        ):
-            matrix = getattr(self, f"{name}_confusion")  # () for the training split's votes
-            for t, true in enumerate(labels):
-                for p, predicted in enumerate(labels):
-                    row[f"cm_{name}_{true}_{predicted}"] = matrix[t][p] if matrix else NAN
         return row
+
+    def matrices(self) -> list[tuple[str, str, tuple[tuple[int, ...], ...]]]:
+        """(level, task, matrix) of every confusion matrix the split has (CONFUSIONS order;
+        the training split has no patient votes)."""
+        found = []
+        for level, task, _ in CONFUSIONS:
+            prefix = "" if level == "patch" else f"{level}_"
+            matrix = getattr(self, f"{prefix}{task}_confusion")
+            if matrix:
+                found.append((level, task, matrix))
+        return found
+
+    def confusions(self) -> list[dict]:
+        """Every cell of the confusion matrices, long: level (patch or patient), task, true,
+        predicted, count."""
+        return [
+            cell
+            for level, task, matrix in self.matrices()
+            for cell in confusion_matrix_cells(level, task, matrix)
+        ]
+
+
+def confusion_matrix_cells(level: str, task: str, matrix) -> list[dict]:
+    """The cells of one confusion matrix (rows true, columns predicted), long."""
+    labels = CONFUSION_LABELS[level, task]
+    return [
+        {"level": level, "task": task, "true": true, "predicted": predicted,
+         "count": int(matrix[t][p])}
+        for t, true in enumerate(labels)
+        for p, predicted in enumerate(labels)
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,14 +146,24 @@ class EpochMetrics:
     data_seconds: float = 0.0  # of which the training loop waited for the data loader
 
     def rows(self) -> list[dict]:
-        """One flat row per split, the layout of epochs.parquet."""
-        shared = {f"weight_{task}": w for task, w in zip(TASKS, self.weights, strict=True)}
-        shared["skipped_steps"] = self.skipped_steps
-        shared["seconds"] = self.seconds
-        shared["data_seconds"] = self.data_seconds
+        """One flat row per split, the layout of epochs.parquet. What belongs to the epoch
+        rather than to a split (task weights, skipped steps, wall-clock seconds) is on the
+        training row only, so that summing a column never counts an epoch twice."""
+        epoch = {f"weight_{task}": w for task, w in zip(TASKS, self.weights, strict=True)}
+        epoch["skipped_steps"] = self.skipped_steps
+        epoch["seconds"] = self.seconds
+        epoch["data_seconds"] = self.data_seconds
         return [
-            {"epoch": self.epoch, "split": split, **metrics.flat(), **shared}
+            {"epoch": self.epoch, "split": "train", **self.train.flat(), **epoch},
+            {"epoch": self.epoch, "split": "val", **self.val.flat(), **dict.fromkeys(epoch)},
+        ]
+
+    def confusion_rows(self) -> list[dict]:
+        """The confusion cells of both splits, the layout of confusions.parquet."""
+        return [
+            {"epoch": self.epoch, "split": split, **cell}
             for split, metrics in (("train", self.train), ("val", self.val))
+            for cell in metrics.confusions()
         ]
 
 

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from mtl.config import TRAIN_PRESETS, TrainConfig, add_overrides_option, parse_overrides
 from mtl.schema import EpochMetrics
-from mtl.tables import epoch_frame, write_parquet
+from mtl.tables import confusion_frame, epoch_frame, write_parquet
 from mtl.trainer import checkpoint_due, checkpoint_name, open_trainer, train_epochs
 
 console = Console()
@@ -108,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
     table = Table("epoch", *COLUMNS, "s", title=f"fold {args.fold}: training and validation")
     history = []
-    earlier = pd.DataFrame()
-    if args.resume and (out / "epochs.parquet").exists():  # keep the epochs before the resume
-        earlier = pd.read_parquet(out / "epochs.parquet")
-        earlier = earlier[earlier.epoch <= trainer.epoch]
+    earlier = {"epochs": pd.DataFrame(), "confusions": pd.DataFrame()}
+    for name in earlier:  # on --resume, keep the epochs before it
+        if args.resume and (out / f"{name}.parquet").exists():
+            frame = pd.read_parquet(out / f"{name}.parquet")
+            earlier[name] = frame[frame.epoch <= trainer.epoch]
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -131,8 +132,12 @@ def main(argv: list[str] | None = None) -> int:
 
         def show(metrics: EpochMetrics) -> None:
             history.append(metrics)
-            frame = pd.concat([earlier, epoch_frame("single", args.fold, history)])
-            write_parquet(frame, out / "epochs.parquet")
+            for name, frame in (
+                ("epochs", epoch_frame("single", args.fold, history)),
+                ("confusions", confusion_frame("single", args.fold, history)),
+            ):
+                frame = pd.concat([earlier[name], frame], ignore_index=True)
+                write_parquet(frame, out / f"{name}.parquet", name, study=out.name)
             cells = [f"{getattr(getattr(metrics, s), m):.3f}" for s, m in COLUMNS.values()]
             table.add_row(str(metrics.epoch), *cells, f"{metrics.seconds:.0f}")
             # One line per epoch above the bar; the full table comes at the end.
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             pass
     console.print(table)
-    console.print(f"checkpoint and epochs.parquet in {out}")
+    console.print(f"checkpoint, epochs.parquet and confusions.parquet in {out}")
     return 0
 
 

@@ -6,6 +6,7 @@ locks) until `setup()` runs in the driver.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ray.tune import Callback
@@ -15,23 +16,40 @@ from rich.table import Table
 
 from mtl import is_active
 from study.presets import StudyConfig
-from study.results import record, status, study_tables, train_overrides, write_tables
+from study.results import (
+    FoldLogReader,
+    driver_provenance,
+    record,
+    status,
+    study_tables,
+    train_overrides,
+    write_tables,
+)
 
 STATUS_STYLE = {"completed": "green", "pruned": "yellow", "errored": "red", "running": "cyan"}
 
 
 class ResultsWriter(Callback):
-    """Rewrites epochs.parquet and trials.parquet whenever a trial ends: a crash of the
-    driver never loses a finished trial."""
+    """Rewrites epochs.parquet, trials.parquet and confusions.parquet whenever a trial ends:
+    a crash of the driver never loses a finished trial. `experiment`: where the fold logs
+    are (the study's experiment folder or URI)."""
 
-    def __init__(self, study: StudyConfig, folder: Path):
-        self.study, self.folder = study, folder
+    def __init__(self, study: StudyConfig, folder: Path, experiment: str):
+        self.study, self.folder, self.experiment = study, folder, experiment
+        self.fold_logs: FoldLogReader | None = None  # made in the driver, not pickled
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "fold_logs": None}
 
     def write(self, trials) -> None:
-        records = [record(t, t.local_path) for t in trials]
-        write_tables(
-            self.folder, *study_tables(records, self.study.train, self.study.score_metrics)
+        if self.fold_logs is None:
+            self.fold_logs = FoldLogReader(self.experiment)
+        records = [record(t, t.local_path, self.fold_logs) for t in trials]
+        study_file = json.loads((self.folder / "study.json").read_text())
+        tables = study_tables(
+            records, self.study.train, self.study.score_metrics, driver_provenance(study_file)
         )
+        write_tables(self.folder, tables, self.study.name)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.write(trials)

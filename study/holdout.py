@@ -81,7 +81,7 @@ def evaluate_test_set(
             "folds": len(folds),
         }
     ).reset_index(drop=True)[list(TEST_COLUMNS)]
-    write_parquet(table, folder / "test.parquet")
+    write_parquet(table, folder / "test.parquet", "test")
     return table
 
 

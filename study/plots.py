@@ -130,31 +130,33 @@ def task_weights(epochs: pd.DataFrame, labels: Mapping[str, str], title: str, pa
     return _save(fig, path)
 
 
-def confusion_matrix(rows: pd.DataFrame, name: str, labels: tuple[str, ...]) -> np.ndarray:
-    """The matrix `cm_<name>_<true>_<pred>` summed over `rows` (rows true, columns predicted)."""
-    return np.array(
-        [[rows[f"cm_{name}_{t}_{p}"].sum() for p in labels] for t in labels], dtype=np.int64
-    )
+def confusion_matrix(
+    cells: pd.DataFrame, level: str, task: str, labels: tuple[str, ...]
+) -> np.ndarray:
+    """One matrix of confusions.parquet's `cells` (rows true, columns predicted), summed."""
+    cells = cells[(cells.level == level) & (cells.task == task)]
+    counts = cells.groupby(["true", "predicted"])["count"].sum()
+    return np.array([[int(counts.get((t, p), 0)) for p in labels] for t in labels], dtype=np.int64)
 
 
-# Panels of the confusion figure: (matrix name, labels, level, what is counted).
+# Panels of the confusion figure: (level, task, labels, level's name, what is counted).
 CONFUSION_PANELS = (
-    ("pattern", PATTERNS, "patch level", "patches"),
-    ("intensity", INTENSITIES, "patch level", "patches"),
-    ("patient_pattern", PATTERNS, "patient level, majority vote", "patients"),
-    ("patient_intensity", INTENSITIES, "patient level, majority vote", "patients"),
+    ("patch", "pattern", PATTERNS, "patch level", "patches"),
+    ("patch", "intensity", INTENSITIES, "patch level", "patches"),
+    ("patient", "pattern", PATTERNS, "patient level, majority vote", "patients"),
+    ("patient", "intensity", INTENSITIES, "patient level, majority vote", "patients"),
 )
 
 
-def confusion_matrices(rows: pd.DataFrame, title: str, path: Path) -> Path:
-    """Pattern and intensity confusion at patch and patient level, summed over `rows` (one
-    validation row per fold). Colour: the fraction of the true class (rows sum to 1), so
-    small classes stay visible; numbers: the counts."""
+def confusion_matrices(cells: pd.DataFrame, title: str, path: Path) -> Path:
+    """Pattern and intensity confusion at patch and patient level, summed over `cells` (rows
+    of confusions.parquet: one validation epoch per fold). Colour: the fraction of the true
+    class (rows sum to 1), so small classes stay visible; numbers: the counts."""
     fig = _figure("confusion")
     axes = fig.subplots(2, 2, gridspec_kw={"width_ratios": [len(PATTERNS), 3]})
     image = None
-    for ax, (name, labels, level, unit) in zip(axes.flat, CONFUSION_PANELS, strict=True):
-        counts = confusion_matrix(rows, name, labels)
+    for ax, (level_key, task, labels, level, unit) in zip(axes.flat, CONFUSION_PANELS, strict=True):
+        counts = confusion_matrix(cells, level_key, task, labels)
         support = counts.sum(1, keepdims=True)
         # A class without examples in these folds (golgi in fold A) has no fraction: grey.
         fraction = np.divide(counts, support, out=np.full(counts.shape, np.nan), where=support > 0)
@@ -165,7 +167,6 @@ def confusion_matrices(rows: pd.DataFrame, title: str, path: Path) -> Path:
         ticks = range(len(labels))
         ax.set_xticks(ticks, labels, rotation=45, ha="right", rotation_mode="anchor")
         ax.set_yticks(ticks, labels)
-        task = name.removeprefix("patient_")
         ax.set_xlabel(f"predicted {task}")
         ax.set_ylabel(f"true {task}")
         ax.set_title(f"{task}, {level}\n(counts: {unit}, {int(counts.sum())} in all)", fontsize=10)

@@ -201,9 +201,12 @@ def draw_figures(
                 out / f"recall{suffix}.png",
             )
         )  # fmt: skip
+    cells = results.confusions[results.confusions.split == "val"].merge(
+        selected[["trial_id", "fold", "epoch"]], on=["trial_id", "fold", "epoch"]
+    )
     figures["confusion matrices"] = [
         plots.confusion_matrices(
-            selected[selected.trial_id == trial_id],
+            cells[cells.trial_id == trial_id],
             f"{labels[trial_id]}: validation confusion, summed over "
             f"{int(summary.at[trial_id, 'folds'])} folds, {EPOCHS[epoch]}",
             out / f"confusion_{trial_id}{suffix}.png",

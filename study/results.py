@@ -1,106 +1,153 @@
-"""From reported epochs to the study's long tables, and those tables to Parquet.
+"""From what the trials record to the study's tables, and those tables to typed Parquet.
 
-A trial reports, once per epoch, the fold-mean validation metrics (`cv_*`) and every fold's
-metrics under flat keys `fold/<fold>/<split>/<metric>`. Everything in epochs.parquet and
-trials.parquet is derived from those reports, so both files can be rebuilt from Ray's
-experiment folder at any time.
+Every epoch, a trial writes every fold's rows and confusion counts to its fold log (one JSON
+file per epoch under EXPERIMENT/folds/TRIAL_ID/, beside Ray's experiment, so on the same
+shared storage as the checkpoints), and reports to Tune only what scheduling, the search and
+the live view need: the cross-validated scalars and each fold's score. epochs.parquet,
+confusions.parquet and trials.parquet are derived from the fold logs and Tune's reports,
+so they can be rebuilt from the experiment at any time (`python -m study.results rebuild`).
+Their schemas are mtl.tables'; `load` reads the tables of many studies at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
 from mtl import (
     CV_METRICS,
     ID_COLUMNS,
+    SCHEMA_VERSION,
     SCORE_METRICS,
     EpochMetrics,
     TrainConfig,
+    confusion_matrix_cells,
     is_active,
     order_columns,
+    table_schema,
+    to_arrow,
     write_parquet,
 )
 
-FOLD_PREFIX = "fold/"
+FOLD_SCORE = "fold_score/"  # + fold: a fold's score in a Tune report
+FOLD_LOG = "folds"  # EXPERIMENT/folds/TRIAL_ID/epoch-NNNN.json
 NAN = float("nan")
 
 
 def epoch_report(
-    by_fold: Mapping[str, EpochMetrics],
-    score_metrics: Sequence[str] = SCORE_METRICS,
-    nodes: Mapping[str, str] | None = None,
-) -> dict[str, float | str]:
-    """The dict a trial reports for one epoch of all its folds.
+    by_fold: Mapping[str, EpochMetrics], score_metrics: Sequence[str] = SCORE_METRICS
+) -> dict[str, float]:
+    """The dict a trial reports to Tune for one epoch of all its folds.
 
     `cv_<metric>` is the mean over folds of a validation metric; `cv_score`, what ASHA and
-    Optuna maximise, is the mean of the `cv_` values of `score_metrics`. Every fold's rows
-    follow under `fold/<fold>/<split>/<metric>`, with the node that trained it.
+    Optuna maximise, is the mean of the `cv_` values of `score_metrics`; `fold_score/<fold>`
+    is each fold's own score. Nothing else: every fold's full rows go to the fold log.
     """
     epochs = {m.epoch for m in by_fold.values()}
     assert len(epochs) == 1, f"folds out of lockstep: epochs {epochs}"
-    report: dict[str, float | str] = {"epoch": epochs.pop()}
+    report: dict[str, float] = {"epoch": epochs.pop()}
     for metric in dict.fromkeys((*CV_METRICS, *score_metrics)):
         values = [getattr(m.val, metric) for m in by_fold.values()]
         report[f"cv_{metric}"] = float(np.nanmean(values)) if np.isfinite(values).any() else NAN
     report["cv_score"] = float(np.mean([report[f"cv_{m}"] for m in score_metrics]))
     for fold, metrics in by_fold.items():
-        for row in metrics.rows():
-            split = row.pop("split")
-            row.pop("epoch")
-            if nodes is not None:
-                row["node"] = nodes[fold]
-            for key, value in row.items():
-                report[f"{FOLD_PREFIX}{fold}/{split}/{key}"] = value
+        report[f"{FOLD_SCORE}{fold}"] = float(
+            np.mean([getattr(metrics.val, m) for m in score_metrics])
+        )
     return report
 
 
-def epoch_rows(trial_id: str, reports: pd.DataFrame) -> pd.DataFrame:
-    """Long rows (trial_id, fold, epoch, split, metrics...) from one trial's reports.
-
-    An epoch reported twice (a trial resumed from a checkpoint older than its last report)
-    keeps its last report, so no (fold, epoch, split) appears twice.
-    """
-    fold_columns = [c for c in reports.columns if c.startswith(FOLD_PREFIX)]
-    if reports.empty or not fold_columns:
-        return pd.DataFrame()
-    long = reports[["epoch", *fold_columns]].melt(id_vars="epoch", var_name="key")
-    parts = long.key.str[len(FOLD_PREFIX) :].str.split("/", n=2, expand=True)
-    long = long.assign(fold=parts[0], split=parts[1], metric=parts[2])
-    long = long.drop_duplicates(["fold", "epoch", "split", "metric"], keep="last")
-    table = long.pivot(index=["fold", "epoch", "split"], columns="metric", values="value")
-    table = table.reset_index().rename_axis(columns=None)
-    table.insert(0, "trial_id", trial_id)
-    # Values arrived in one object column (the node id is text): restore the number types.
-    numbers = [c for c in table.columns if c not in ("trial_id", "fold", "split", "node")]
-    table[numbers] = table[numbers].apply(pd.to_numeric)
-    counts = ["epoch", "patches", "skipped_steps"]
-    counts += [c for c in table if c.startswith(("cm_pattern_", "cm_intensity_"))]
-    table = table.astype({c: int for c in counts if c in table})
-    metric_order = list(dict.fromkeys(parts[2]))  # as reported: EpochMetrics.rows() order
-    table = order_columns(table, metric_order)
-    return table.sort_values(["fold", "epoch", "split"], ignore_index=True)
+def fold_log_entry(
+    by_fold: Mapping[str, EpochMetrics], nodes: Mapping[str, Mapping], environment: Mapping
+) -> dict:
+    """One epoch of a trial's fold log: every fold's rows (with the node that trained it),
+    its confusion cells, and the trial process's environment (study.provenance)."""
+    rows, matrices = [], []
+    for fold, metrics in by_fold.items():
+        rows += [{"fold": fold, **row, **nodes[fold]} for row in metrics.rows()]
+        # Matrices, not cells: the log stays small; study_tables makes the long cells.
+        matrices += [
+            {"fold": fold, "split": split, "level": level, "task": task, "counts": matrix}
+            for split, m in (("train", metrics.train), ("val", metrics.val))
+            for level, task, matrix in m.matrices()
+        ]
+    epoch = next(iter(by_fold.values())).epoch
+    return {"epoch": epoch, "rows": rows, "confusions": matrices, "environment": dict(environment)}
 
 
-def fold_summary(epochs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -> pd.DataFrame:
-    """Per trial: mean and std over folds of each validation metric at the trial's last epoch."""
-    val = epochs[epochs.split == "val"]
-    last = val[val.epoch == val.groupby("trial_id").epoch.transform("max")]
-    grouped = last.groupby("trial_id")[list(metrics)]
-    mean, std = grouped.mean(), grouped.std(ddof=1)
-    summary = mean.add_prefix("cv_").join(std.add_prefix("cv_").add_suffix("_std"))
-    summary["cv_score"] = mean.mean(axis=1)
-    summary["cv_folds"] = last.groupby("trial_id").fold.nunique()
-    return summary.reset_index()
+def confusion_cells(entry: Mapping) -> pd.DataFrame:
+    """The long confusion cells of one fold log entry (confusions.parquet's rows)."""
+    return pd.DataFrame(
+        [
+            {"fold": m["fold"], "epoch": entry["epoch"], "split": m["split"], **cell}
+            for m in entry["confusions"]
+            for cell in confusion_matrix_cells(m["level"], m["task"], m["counts"])
+        ]
+    )
+
+
+def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in location:
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def write_fold_log(experiment: str, trial_id: str, entry: Mapping) -> None:
+    """Write one epoch of a trial's fold log, atomically (a re-run epoch replaces it)."""
+    filesystem, root = _filesystem(experiment)
+    folder = f"{root}/{FOLD_LOG}/{trial_id}"
+    filesystem.create_dir(folder, recursive=True)
+    path = f"{folder}/epoch-{entry['epoch']:04d}.json"
+    data = json.dumps(entry, default=_json_value).encode()
+    if isinstance(filesystem, pafs.LocalFileSystem):  # an object store's put is atomic already
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with filesystem.open_output_stream(tmp) as out:
+            out.write(data)
+        filesystem.move(tmp, path)
+    else:
+        with filesystem.open_output_stream(path) as out:
+            out.write(data)
+
+
+def _json_value(value):
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+class FoldLogReader:
+    """Reads the trials' fold logs; an epoch file already read is not read again (the driver
+    rereads the logs whenever a trial ends)."""
+
+    def __init__(self, experiment: str):
+        self.filesystem, self.root = _filesystem(experiment)
+        self.cache: dict[str, tuple[int, dict]] = {}  # path -> (size, entry)
+
+    def read(self, trial_id: str) -> list[dict]:
+        """The trial's fold log entries, by epoch."""
+        selector = pafs.FileSelector(f"{self.root}/{FOLD_LOG}/{trial_id}", allow_not_found=True)
+        entries = []
+        for info in sorted(self.filesystem.get_file_info(selector), key=lambda i: i.path):
+            if not info.base_name.endswith(".json") or info.type != pafs.FileType.File:
+                continue
+            cached = self.cache.get(info.path)
+            if cached is None or cached[0] != info.size:
+                with self.filesystem.open_input_stream(info.path) as stream:
+                    cached = (info.size, json.loads(stream.read()))
+                self.cache[info.path] = cached
+            entries.append(cached[1])
+        return entries
 
 
 # The key of a searched trial's configuration that holds its Optuna trial number (set by
@@ -122,6 +169,7 @@ class TrialRecord:
     tune_status: str  # TERMINATED, ERROR, RUNNING, PENDING or PAUSED
     error: str | None
     reports: pd.DataFrame  # one row per tune.report
+    fold_log: list[dict] = field(default_factory=list)  # fold_log_entry's, by epoch
 
 
 def read_reports(folder: str | os.PathLike) -> pd.DataFrame:
@@ -141,7 +189,7 @@ def read_error(folder: str | os.PathLike) -> str | None:
     return lines[-1] if lines else "error"
 
 
-def record(trial, folder: str | os.PathLike) -> TrialRecord:
+def record(trial, folder: str | os.PathLike, fold_logs: FoldLogReader) -> TrialRecord:
     """A TrialRecord of a Tune Trial whose files (result.json, error.txt) are in `folder`."""
     return TrialRecord(
         trial_id=trial.trial_id,
@@ -149,6 +197,7 @@ def record(trial, folder: str | os.PathLike) -> TrialRecord:
         tune_status=trial.status,
         error=read_error(folder) if trial.status == "ERROR" else None,
         reports=read_reports(folder),
+        fold_log=fold_logs.read(trial.trial_id),
     )
 
 
@@ -161,18 +210,35 @@ def status(tune_status: str, epochs_run: int, epochs: int) -> str:
     return "unfinished"
 
 
+@dataclass(frozen=True)
+class StudyTables:
+    epochs: pd.DataFrame
+    trials: pd.DataFrame
+    confusions: pd.DataFrame
+
+
 def study_tables(
-    records: Sequence[TrialRecord], base: TrainConfig, score_metrics: Sequence[str] = SCORE_METRICS
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """epochs.parquet and trials.parquet of a study, from its trials' records."""
-    frames = [epoch_rows(r.trial_id, r.reports) for r in records]
-    frames = [f for f in frames if not f.empty]
-    epochs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ID_COLUMNS)
-    rows = []
+    records: Sequence[TrialRecord],
+    base: TrainConfig,
+    score_metrics: Sequence[str] = SCORE_METRICS,
+    run: Mapping | None = None,
+) -> StudyTables:
+    """epochs, trials and confusions of a study, from its trials' records. `run`: the
+    driver's side of the provenance (store_hash, store_path, command), on every trial row.
+
+    A fold log epoch that Tune never received (the trial died between the two) is left out,
+    so the tables agree with the trial's status; an epoch reported twice (a trial resumed
+    from an older checkpoint) was rewritten in the log and appears once.
+    """
+    epochs, confusions, rows = [], [], []
     for r in records:
         config = base.replace(**train_overrides(r.overrides))
         reports = r.reports
         epochs_run = int(reports.epoch.max()) if "epoch" in reports and len(reports) else 0
+        log = [e for e in r.fold_log if e["epoch"] <= epochs_run]
+        epochs += [pd.DataFrame(e["rows"]).assign(trial_id=r.trial_id) for e in log]
+        confusions += [confusion_cells(e).assign(trial_id=r.trial_id) for e in log]
+        environment = log[-1]["environment"] if log else {}
         # A balancer's fields mean nothing to the other balancers: null there, not a number.
         fields = {
             k: v if is_active(k, config.balancer) else None
@@ -180,59 +246,159 @@ def study_tables(
         }
         row = {
             "trial_id": r.trial_id,
-            **(
-                {OPTUNA_TRIAL: int(r.overrides[OPTUNA_TRIAL])}
-                if OPTUNA_TRIAL in r.overrides
-                else {}
-            ),
+            OPTUNA_TRIAL: r.overrides.get(OPTUNA_TRIAL),
             **fields,
             "status": status(r.tune_status, epochs_run, config.epochs),
             "epochs_run": epochs_run,
             "error": r.error,
+            **dict(run or {}),
+            **environment,
         }
-        if "timestamp" in reports and len(reports):  # when it first reported (unix seconds)
-            row["first_report"] = float(reports.timestamp.min())
-        if "cv_score" in reports and reports.cv_score.notna().any():
-            best = reports.loc[reports.cv_score.idxmax()]
-            row["best_epoch"] = int(best.epoch)
-            row.update({f"best_{c}": best[c] for c in reports if c.startswith("cv_")})
+        if "timestamp" in reports and len(reports):
+            row["started"] = pd.to_datetime(reports.timestamp.min(), unit="s", utc=True)
+            row["ended"] = pd.to_datetime(reports.timestamp.max(), unit="s", utc=True)
         rows.append(row)
+    epochs = _concat(epochs, ID_COLUMNS)
+    confusions = _concat(confusions, ("trial_id", "fold", "epoch", "split"))
     trials = pd.DataFrame(rows, columns=None if rows else ["trial_id", "status"])
     if not epochs.empty:
         trials = trials.merge(fold_summary(epochs, score_metrics), on="trial_id", how="left")
-    return epochs, trials.sort_values("trial_id", ignore_index=True)
+        devices = epochs.dropna(subset=["device"]).groupby("trial_id").device
+        gpus = devices.agg(lambda d: ", ".join(sorted(set(d) - {"cpu"})) or None)
+        trials["gpu"] = trials.trial_id.map(gpus)
+    return StudyTables(epochs, trials.sort_values("trial_id", ignore_index=True), confusions)
 
 
-def write_tables(folder: Path, epochs: pd.DataFrame, trials: pd.DataFrame) -> None:
-    write_parquet(epochs, folder / "epochs.parquet")
-    write_parquet(trials, folder / "trials.parquet")
+def _concat(frames: list[pd.DataFrame], keys: Sequence[str]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=list(keys))
+    table = order_columns(pd.concat(frames, ignore_index=True))
+    return table.sort_values(list(keys), ignore_index=True, kind="stable")
 
 
-def rebuild(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rebuild a study's Parquet tables from its Ray experiment folder (FOLDER/tune, or where
-    FOLDER/run.json says)."""
+def fold_summary(epochs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -> pd.DataFrame:
+    """Per trial: mean and standard deviation over folds of every cross-validated metric and
+    of the score (`metrics`' mean), at the trial's last epoch (`cv_*`) and at its best epoch
+    (`best_cv_*`, the epoch of the highest fold-mean score), and the best epoch."""
+    val = epochs[epochs.split == "val"]
+    val = val.assign(score=val[list(metrics)].mean(axis=1))
+    columns = ["score", *dict.fromkeys(m for m in CV_METRICS if m in val)]
+    per_epoch = val.groupby(["trial_id", "epoch"])[columns]
+    mean, std = per_epoch.mean(), per_epoch.std(ddof=1)
+    mean["score"] = mean[list(metrics)].mean(axis=1)  # the mean of the fold means, as reported
+    epochs_of = mean.reset_index()[["trial_id", "epoch"]]
+    last = pd.MultiIndex.from_frame(epochs_of.groupby("trial_id", as_index=False).epoch.max())
+    best = pd.MultiIndex.from_tuples(
+        mean.score.dropna().groupby(level="trial_id").idxmax(), names=["trial_id", "epoch"]
+    )
+
+    def pick(index: pd.MultiIndex, prefix: str) -> pd.DataFrame:
+        picked = mean.loc[index].add_prefix(f"{prefix}cv_")
+        picked = picked.join(std.loc[index].add_prefix(f"{prefix}cv_").add_suffix("_std"))
+        return picked.reset_index("epoch", drop=True)
+
+    summary = pick(last, "").join(pick(best, "best_"))
+    summary["best_epoch"] = pd.Series(
+        best.get_level_values("epoch"), index=best.get_level_values(0)
+    )
+    at_last = val.merge(last.to_frame(index=False), on=["trial_id", "epoch"])
+    summary["cv_folds"] = at_last.groupby("trial_id").fold.nunique()
+    return summary.reset_index()
+
+
+TABLES = ("epochs", "trials", "confusions")
+
+
+def write_tables(folder: Path, tables: StudyTables, study: str) -> None:
+    for name in TABLES:
+        write_parquet(getattr(tables, name), folder / f"{name}.parquet", name, study)
+
+
+def run_files(folder: Path) -> tuple[str, str]:
+    """(Ray's experiment folder, the fold log's root) of the study in FOLDER, from run.json
+    (they live elsewhere with --storage s3://...)."""
+    run = folder / "run.json"
+    experiment = json.loads(run.read_text())["experiment"] if run.exists() else str(folder / "tune")
+    return experiment, experiment.rsplit("/", 1)[0]
+
+
+def driver_provenance(study_file: Mapping) -> dict:
+    """The provenance every trial row repeats from study.json: the data, the last command."""
+    provenance = study_file.get("provenance", {})
+    runs = provenance.get("runs") or [{}]
+    return {
+        "store_hash": provenance.get("store_hash"),
+        "store_path": provenance.get("store_path"),
+        "command": runs[-1].get("command"),
+    }
+
+
+def rebuild(folder: str | os.PathLike) -> StudyTables:
+    """Rebuild a study's Parquet tables from its Ray experiment and fold logs."""
     from ray.tune import ExperimentAnalysis
 
     folder = Path(folder)
     study = json.loads((folder / "study.json").read_text())
-    base = TrainConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in study["train"].items()}
-    )
-    # run.json names the experiment when it lives elsewhere (--storage s3://...).
-    run = folder / "run.json"
-    experiment = json.loads(run.read_text())["experiment"] if run.exists() else folder / "tune"
-    analysis = ExperimentAnalysis(str(experiment))
-    records = [record(t, t.path) for t in analysis.trials]
-    epochs, trials = study_tables(records, base, tuple(study["score_metrics"]))
-    write_tables(folder, epochs, trials)
-    return epochs, trials
+    base = TrainConfig.from_dict(study["train"])
+    experiment, root = run_files(folder)
+    analysis = ExperimentAnalysis(experiment)
+    fold_logs = FoldLogReader(root)
+    records = [record(t, t.path, fold_logs) for t in analysis.trials]
+    tables = study_tables(records, base, tuple(study["score_metrics"]), driver_provenance(study))
+    write_tables(folder, tables, study["name"])
+    return tables
+
+
+# Readers' pandas types: integers and booleans that may be null stay integers and booleans.
+NULLABLE = {
+    pa.int64(): pd.Int64Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.bool_(): pd.BooleanDtype(),
+    pa.string(): pd.StringDtype(),
+}
+
+
+def load(studies: str | os.PathLike | Sequence[str | os.PathLike], table: str = "trials"):
+    """The `table` (trials, epochs, confusions, stats, test) of many studies as one typed
+    DataFrame: `studies` are study folders or glob patterns of them, e.g. "results/*".
+    Studies without the table (no test set, say) are passed over; a file written by a newer
+    schema version is refused."""
+    target = table_schema(table)
+    patterns = [studies] if isinstance(studies, str | os.PathLike) else list(studies)
+    paths = [
+        Path(match) / f"{table}.parquet"
+        for pattern in patterns
+        for match in sorted(glob.glob(str(pattern))) or [str(pattern)]
+    ]
+    paths = [path for path in paths if path.is_file()]
+    if not paths:
+        raise FileNotFoundError(f"no {table}.parquet in {', '.join(map(str, patterns))}")
+    tables = [_read(path, target) for path in paths]
+    return pa.concat_tables(tables).to_pandas(types_mapper=NULLABLE.get)
+
+
+def _read(path: Path, target: pa.Schema) -> pa.Table:
+    table = pq.read_table(path)
+    version = int((table.schema.metadata or {}).get(b"schema_version", b"1"))
+    if version > SCHEMA_VERSION:
+        raise ValueError(
+            f"{path} was written with schema version {version}; this hep2-mtl reads versions "
+            f"up to {SCHEMA_VERSION}: upgrade hep2-mtl to read it"
+        )
+    if version < SCHEMA_VERSION:  # an older table: its columns that kept their name
+        frame = table.to_pandas()
+        return to_arrow(
+            frame[[c for c in frame if c in target.names]], target.metadata[b"table"].decode()
+        )
+    return table.select(target.names).cast(target)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m study.results",
-        description="Study result tables. `rebuild RESULTS/NAME` rewrites epochs.parquet and "
-        "trials.parquet from the Ray experiment folder RESULTS/NAME/tune.",
+        description="Study result tables. `rebuild RESULTS/NAME` rewrites epochs.parquet, "
+        "trials.parquet and confusions.parquet from the study's Ray experiment and fold logs.",
     )
     parser.add_argument("command", choices=["rebuild"])
     parser.add_argument("folder", help="the study's results folder, RESULTS/NAME")
@@ -240,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.folder) / "study.json").exists():
         print(f"error: {args.folder} is not a study folder (no study.json)", file=sys.stderr)
         return 2
-    epochs, trials = rebuild(args.folder)
-    print(f"{args.folder}: {len(trials)} trials, {len(epochs)} epoch rows")
+    tables = rebuild(args.folder)
+    print(f"{args.folder}: {len(tables.trials)} trials, {len(tables.epochs)} epoch rows")
     return 0
 
 

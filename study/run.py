@@ -1,11 +1,13 @@
-"""Run a study: `python -m study.run [--preset demo|smoke|paper|search] ...`, the command line.
+"""Run a study: `python -m study.run [--preset demo|smoke|paper|search | --config FILE] ...`.
 
 One Ray Tune trial per configuration; each trains every fold in lockstep and reports the
 cross-validated score that Optuna searches on and ASHA prunes by. Results land in
 RESULTS/NAME/: epochs.parquet, trials.parquet (rewritten as trials end), study.json,
 optuna.db (for a search) and tune/ (Ray's experiment folder, from which --resume continues).
 The study itself is assembled and run by study/tuner.py; this file reads the command line,
-starts or joins Ray, and prints the report.
+starts or joins Ray, and prints the report. A study comes from a preset (study/presets.py) or
+a file (study/record.py: an earlier study's study.json, or YAML/JSON written by hand); the
+other flags apply on top of either.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape  # an error may quote [brackets]
 
 from mtl import add_overrides_option
 from study.placement import PlacementError
 from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset
+from study.record import load_study_file
 from study.storage import check_storage, check_store_on_nodes, is_uri
 from study.tuner import check_resumable, prepare_data, run_study
 
@@ -44,19 +48,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Run a cross-validated study of the multi-task U-Net with Ray Tune: one "
         "trial per configuration (a grid, or an Optuna search pruned by ASHA), each trained on "
         "every fold. Results go to RESULTS/NAME/ (epochs.parquet, trials.parquet, study.json). "
-        "Rerunning an existing NAME resumes it.",
+        "Rerunning an existing NAME resumes it. --config FILE runs a study file (an earlier "
+        "study's study.json, or YAML/JSON written by hand) instead of a preset.",
     )
-    p.add_argument(
+    # --preset has no default here (resolve_study picks demo): argparse lets an exclusive
+    # option through when its value is its default object, as `--preset demo` can be.
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
         "--preset",
-        default="demo",
         choices=list(PRESETS),
         help="demo (default): a short search on synthetic data, minutes on a laptop "
         "CPU; smoke: seconds, for tests; paper: the original six configurations; "
         "search: Optuna + ASHA over alpha, epochs, losses and balancers",
     )
+    source.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a study file: an earlier study's RESULTS/NAME/study.json, or a YAML/JSON file "
+        "with the same fields (README: A study from a file); flags apply on top",
+    )
     p.add_argument("--data", help="a patch store (python -m mtl.data) instead of synthetic data")
     p.add_argument("--results", default="results", help="results folder (default: ./results)")
-    p.add_argument("--name", help="study name, the sub-folder of RESULTS (default: the preset's)")
+    p.add_argument(
+        "--name",
+        help="study name, the sub-folder of RESULTS (default: the preset's or the file's)",
+    )
     p.add_argument("--num-samples", type=int, help="Optuna trials of a search")
     p.add_argument("--max-concurrent", type=int, help="trials running at once (0: no limit)")
     p.add_argument(
@@ -119,10 +135,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_study(args: argparse.Namespace) -> StudyConfig:
-    study = get_preset(args.preset)
-    overrides = list(args.overrides)
+    """The preset or the study file, with the command line's flags applied on top."""
+    data = ""
     if args.data:
-        overrides.append(f"data={args.data if is_uri(args.data) else Path(args.data).resolve()}")
+        data = args.data if is_uri(args.data) else str(Path(args.data).resolve())
+    if args.config:
+        # --data goes in before the file's study is checked: a file may leave it out.
+        study = load_study_file(args.config, data=data)
+    else:
+        study = get_preset(args.preset or "demo")
+    overrides = list(args.overrides) + ([f"data={data}"] if data else [])
     study = apply_overrides(study, overrides)
     changes = {
         "name": args.name,
@@ -170,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         study = prepare_data(study, results)
         check_resumable(study, (results / study.name).resolve(), args.resume)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
 
     import ray
@@ -190,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             study, results, resume=args.resume, verbose=args.verbose, storage=args.storage
         )
     except (ConnectionError, PlacementError) as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
     finally:
         if started_here:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -240,6 +240,13 @@ class Results:
     held_out: bool = False  # whether the study kept a test set out of every fold
     test: pd.DataFrame | None = None  # test.parquet: the chosen configuration's test estimate
     warm_start: int = 0  # how many configurations a search evaluated first
+    # confusions.parquet: every cell of every fold's confusion matrices, by epoch and split
+    confusions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(
+            columns=["trial_id", "fold", "epoch", "split", "level", "task", "true", "predicted",
+                     "count"]
+        )
+    )  # fmt: skip
 
 
 def study_keys(study: dict) -> tuple[str, ...]:
@@ -261,6 +268,7 @@ def load_results(path: str | Path) -> Results:
     study = json.loads(study_file.read_text()) if study_file.is_file() else {}
     train = study.get("train", {})
     test_file = path / "test.parquet"
+    confusions_file = path / "confusions.parquet"
     return Results(
         path=path,
         name=study.get("name", path.name),
@@ -271,6 +279,7 @@ def load_results(path: str | Path) -> Results:
         num_folds=train.get("num_folds"),
         held_out=bool(train.get("held_out")),
         test=pd.read_parquet(test_file) if test_file.is_file() else None,
+        **({"confusions": pd.read_parquet(confusions_file)} if confusions_file.is_file() else {}),
         warm_start=len(study.get("warm_start", ())),
     )
 

@@ -4,13 +4,15 @@ Each fold is a `FoldWorker` around mtl's `FoldTrainer`: a Ray actor in the trial
 placement group (one GPU or a fraction of one) on a cluster, or an object in the trial's own
 process on a machine without GPUs. Every epoch each fold trains and validates once; the
 trial reports the fold-mean (cross-validated) metrics that ASHA and Optuna see plus every
-fold's metrics, and every `checkpoint_every` epochs a checkpoint holding all folds.
+fold's score, writes every fold's rows to its fold log (study/results.py), and every
+`checkpoint_every` epochs saves a checkpoint holding all folds.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -33,7 +35,8 @@ from mtl import (
     split_label,
     train_epochs,
 )
-from study.results import epoch_report, train_overrides
+from study.provenance import environment
+from study.results import epoch_report, fold_log_entry, train_overrides, write_fold_log
 from study.storage import fetch_store, store_cache
 
 VERSIONS = {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}
@@ -92,15 +95,24 @@ class FoldWorker:
         self.trainer = trainer(self.config, letter)
         self.epochs = None  # mtl's epoch loop, started at the first round (after a restore)
 
-    def run_epoch(self) -> tuple[EpochMetrics, str]:
+    def run_epoch(self) -> tuple[EpochMetrics, dict]:
         if self.epochs is None:
             self.epochs = train_epochs(self.trainer, self.config.epochs)
         return next(self.epochs), self.node
 
     @property
-    def node(self) -> str:
-        """The Ray node this fold trains on ("local" outside Ray: a test, a bench)."""
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    def node(self) -> dict:
+        """Where this fold trains: host name, IP, Ray's node id, and the device's name."""
+        device = torch.device(self.trainer.device) if hasattr(self.trainer, "device") else None
+        name = "cpu"
+        if device is not None and device.type == "cuda":
+            name = torch.cuda.get_device_name(device)
+        return {
+            "node": socket.gethostname(),
+            "node_ip": ray.util.get_node_ip_address() if ray.is_initialized() else None,
+            "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
+            "device": name,
+        }
 
     def state(self) -> bytes:
         return checkpoint_bytes(self.trainer.state_dict())
@@ -154,9 +166,13 @@ def run_trial(
     store_hash: str,
     actor_options: dict | None,
     threads: int,
+    fold_log: str,
     trainer: type = FoldTrainer,
 ) -> None:
+    """`fold_log`: where the fold logs go (the study's experiment folder or URI)."""
     config = base.replace(**train_overrides(overrides))
+    trial_id = tune.get_context().get_trial_id()
+    versions = environment()
     workers = Folds(config, folds, actor_options, threads, store_hash, trainer)
     done = 0  # epochs completed
     checkpoint = tune.get_checkpoint()
@@ -167,11 +183,11 @@ def run_trial(
         workers.call("load", states)
     for epoch in range(done + 1, config.epochs + 1):
         results = workers.call("run_epoch")
-        report = epoch_report(
-            {fold: metrics for fold, (metrics, _) in zip(folds, results, strict=True)},
-            score_metrics,
-            nodes={fold: node for fold, (_, node) in zip(folds, results, strict=True)},
-        )
+        by_fold = {fold: metrics for fold, (metrics, _) in zip(folds, results, strict=True)}
+        nodes = {fold: node for fold, (_, node) in zip(folds, results, strict=True)}
+        # The fold log first: an epoch Tune has seen is always in the log.
+        write_fold_log(fold_log, trial_id, fold_log_entry(by_fold, nodes, versions))
+        report = epoch_report(by_fold, score_metrics)
         report["epochs"] = config.epochs  # what the trial was asked to train (pruning test)
         if not checkpoint_due(config, epoch):
             tune.report(report)

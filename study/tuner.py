@@ -8,6 +8,7 @@ trials (checkpoints kept, the fold-paired statistics, the test estimate).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,6 +20,7 @@ from rich.progress import Progress
 
 from mtl import build_synthetic_store, holdout_patients, open_store, split_label, split_rows
 from study.presets import StudyConfig
+from study.record import study_from_record, study_record
 from study.storage import fetch_store, is_uri, store_cache
 
 console = Console()
@@ -75,8 +77,13 @@ def check_resumable(study: StudyConfig, folder: Path, resume: bool) -> bool:
         if resume:
             raise ValueError(f"--resume: there is no study in {folder}")
         return False
-    mine = json.loads(json.dumps(dataclasses.asdict(study), default=str))
+    mine = study_record(study)
     theirs = json.loads(saved.read_text())
+    theirs.pop("provenance", None)  # what ran, not what to run
+    # A file written before the domains were tagged compares equal to the new form; one this
+    # version cannot read is compared as it is.
+    with contextlib.suppress(ValueError):
+        theirs = study_record(study_from_record(theirs, source=str(saved)))
     differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if differ:
         raise ValueError(
@@ -148,6 +155,7 @@ def build_tuner(
             store_hash=open_store(fetch_store(study.train.data, store_cache())).content_hash,
             actor_options=actor_options,
             threads=threads,
+            fold_log=experiment,
             **({"trainer": trainer} if trainer else {}),
         ),
         resources,
@@ -195,7 +203,8 @@ def build_tuner(
             name="tune",
             storage_path=experiment,
             verbose=2 if verbose else 0,
-            callbacks=[ResultsWriter(study, folder)] + ([] if verbose else [LiveView(study)]),
+            callbacks=[ResultsWriter(study, folder, experiment)]
+            + ([] if verbose else [LiveView(study)]),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             # Keep the latest checkpoint only; every new one also syncs the experiment state,
             # so a killed driver resumes from where its trials really were.
@@ -228,9 +237,7 @@ def run_study(
     resume = check_resumable(study, folder, resume)
     placement = fold_placement(study)  # an impossible placement fails before any file
     folder.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        text = json.dumps(dataclasses.asdict(study), indent=2, default=str)
-        (folder / "study.json").write_text(text + "\n")
+    write_study_file(study, folder, resume)
     experiment = f"{storage.rstrip('/')}/{study.name}" if storage else str(folder)
     (folder / "run.json").write_text(json.dumps({"experiment": f"{experiment}/tune"}) + "\n")
     build_tuner(
@@ -240,7 +247,32 @@ def run_study(
     epochs, trials = (pd.read_parquet(folder / f"{t}.parquet") for t in ("epochs", "trials"))
     drop_checkpoints(f"{experiment}/tune", trials, study.keep_checkpoints)
     finish(study, folder, epochs, trials)
+    write_study_file(study, folder, resume=True, ended=True)
     return epochs, trials
+
+
+def write_study_file(study: StudyConfig, folder: Path, resume: bool, ended: bool = False) -> None:
+    """study.json: the study's configuration, and its provenance (the data, and one record per
+    run of the driver: command, code and library versions, start and end times). A resumed
+    study adds a run; its configuration never changes (check_resumable)."""
+    from study.provenance import command, environment, now
+
+    path = folder / "study.json"
+    record = json.loads(path.read_text()) if resume and path.exists() else None
+    if record is None:
+        record = study_record(study)
+        store = open_store(fetch_store(study.train.data, store_cache()))
+        record["provenance"] = {
+            "store_hash": store.content_hash, "store_path": study.train.data, "runs": [],
+        }  # fmt: skip
+    runs = record["provenance"]["runs"]
+    if ended:
+        runs[-1]["ended"] = now()
+    else:
+        runs.append({"command": command(), "started": now(), "ended": None, **environment()})
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
 
 
 def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.DataFrame) -> None:
@@ -253,7 +285,7 @@ def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.Da
     per_fold = study_per_fold(epochs, trials)
     if len(per_fold):
         stats = compare_to_best(per_fold, folds_per_repeat=study.train.num_folds)
-        write_stats(stats, folder)
+        write_stats(stats, folder, study.name)
     (folder / "test.parquet").unlink(missing_ok=True)  # never a stale one beside new trials
     if not study.train.held_out:
         return

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-from mtl import METRIC_LEVELS, write_csv, write_parquet
+from mtl import METRIC_LEVELS, to_arrow, write_csv, write_parquet
 
 STATS_COLUMNS = (
     "trial_id",
@@ -390,17 +390,19 @@ def summary_sentence(
     )
 
 
-def write_stats(stats: pd.DataFrame, folder: Path) -> list[Path]:
-    """stats.parquet and stats.csv in folder, each written atomically."""
+def write_stats(stats: pd.DataFrame, folder: Path, study: str | None = None) -> list[Path]:
+    """stats.parquet and stats.csv in folder, each written atomically; `study`: the study's
+    name, the table's `study` column."""
     paths = [Path(folder) / "stats.parquet", Path(folder) / "stats.csv"]
     for path in paths:
-        write_table(stats, path)
+        write_table(stats, path, study or Path(folder).resolve().name)
     return paths
 
 
-def write_table(stats: pd.DataFrame, path: Path) -> None:
-    """CSV, or Parquet by a .parquet suffix, atomically (a reader never sees half a file)."""
+def write_table(stats: pd.DataFrame, path: Path, study: str | None = None) -> None:
+    """CSV, or Parquet (typed: mtl.tables' stats schema) by a .parquet suffix, atomically (a
+    reader never sees half a file)."""
     if Path(path).suffix.lower() == ".parquet":
-        write_parquet(stats, path)
-    else:
-        write_csv(stats, path)
+        write_parquet(stats, path, "stats", study)
+    else:  # the same columns as the Parquet file
+        write_csv(to_arrow(stats, "stats", study).to_pandas(), path)

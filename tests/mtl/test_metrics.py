@@ -68,7 +68,9 @@ def test_a_fold_without_golgi_keeps_the_seven_by_seven_matrix():
     assert cm[1, 4] == 1  # speckled taken for golgi
     assert math.isnan(r.pattern_recall[PATTERNS.index("golgi")])
     assert r.pattern_mca == pytest.approx((1 + 0 + 1) / 3)  # over the classes present
-    assert r.flat()["cm_pattern_speckled_golgi"] == 1
+    cells = {(c["level"], c["task"], c["true"], c["predicted"]): c["count"] for c in r.confusions()}
+    assert cells["patch", "pattern", "speckled", "golgi"] == 1
+    assert sum(count for key, count in cells.items() if key[:2] == ("patch", "pattern")) == 3
 
 
 def test_mean_class_accuracy_ignores_class_frequency():

@@ -64,7 +64,8 @@ def test_stats_test_estimate_and_test_labels_that_the_search_never_sees(ray_loca
 
     # One stats row per (completed trial, metric), exactly one best per metric.
     stats = pd.read_parquet(tmp_path / "a" / "stats.parquet")
-    assert tuple(stats.columns[: len(STATS_COLUMNS)]) == STATS_COLUMNS
+    assert tuple(stats.columns[1 : 1 + len(STATS_COLUMNS)]) == STATS_COLUMNS
+    assert (stats.study == "a").all()
     assert pd.read_csv(tmp_path / "a" / "stats.csv").shape == stats.shape
     metrics = stats.metric.unique()
     assert {"score", "pixel_acc", "pattern_acc", "patient_pattern_acc"} <= set(metrics)
@@ -87,7 +88,8 @@ def test_stats_test_estimate_and_test_labels_that_the_search_never_sees(ray_loca
     def search_view(epochs, trials):
         loss = trials.set_index("trial_id").seg_loss
         view = epochs.assign(seg_loss=epochs.trial_id.map(loss))
-        view = view.drop(columns=["trial_id", "node", "seconds", "data_seconds"])
+        where = ["study", "trial_id", "node", "node_ip", "node_id", "seconds", "data_seconds"]
+        view = view.drop(columns=where)
         return view.sort_values(["seg_loss", "fold", "epoch", "split"], ignore_index=True)
 
     pd.testing.assert_frame_equal(search_view(*tables["a"][:2]), search_view(*tables["b"][:2]))

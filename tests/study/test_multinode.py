@@ -61,8 +61,8 @@ def test_folds_spread_over_nodes_and_survive_a_lost_node(local_cluster, tmp_path
     assert len(epochs) == 5 * EPOCHS * 2
     assert not epochs.duplicated(["trial_id", "fold", "epoch", "split"]).any()
     first = epochs[epochs.epoch == 1]
-    assert first.node.nunique() == 2  # the folds ran on both worker nodes
+    assert first.node_id.nunique() == 2  # the folds ran on both worker nodes
     last = epochs[epochs.epoch == EPOCHS]
-    assert set(last.node) == {workers[0].node_id}  # resumed on the survivor
+    assert set(last.node_id) == {workers[0].node_id}  # resumed on the survivor
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert lost["node"] not in alive

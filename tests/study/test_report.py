@@ -34,16 +34,16 @@ from study.summary import (
 
 FOLDS = "ABCDE"
 EPOCHS = (1, 2, 3)
-CONFUSIONS = {
-    "pattern": PATTERNS,
-    "intensity": INTENSITIES,
-    "patient_pattern": PATTERNS,
-    "patient_intensity": INTENSITIES,
-}
+CONFUSIONS = (
+    ("patch", "pattern", PATTERNS),
+    ("patch", "intensity", INTENSITIES),
+    ("patient", "pattern", PATTERNS),
+    ("patient", "intensity", INTENSITIES),
+)
 
 
 def _row(trial_id: str, fold: str, epoch: int, split: str, value: float) -> dict:
-    """One row of epochs.parquet with every metric at `value` and identity confusions."""
+    """One row of epochs.parquet with every metric at `value`."""
     row = {"trial_id": trial_id, "fold": fold, "epoch": epoch, "split": split, "patches": 30}
     row |= {m: value for m in ("pixel_acc", "dice", "iou", "pattern_acc", "pattern_mca")}
     row |= {"intensity_acc": value, "loss": 3 - epoch / 2}
@@ -53,13 +53,6 @@ def _row(trial_id: str, fold: str, epoch: int, split: str, value: float) -> dict
         for metric in ("pattern_acc", "pattern_mca", "intensity_acc"):
             row[f"{level}_{metric}"] = votes
     row |= {f"recall_{p}": value for p in PATTERNS}
-    for name, labels in CONFUSIONS.items():
-        for t in labels:
-            for p in labels:
-                count = 2 if t == p else 1
-                row[f"cm_{name}_{t}_{p}"] = (
-                    math.nan if name.startswith("patient") and split == "train" else count
-                )
     weights = (1 + epoch / 10, 1 - epoch / 20, 1 - epoch / 20)
     row |= dict(zip(("weight_seg", "weight_pattern", "weight_intensity"), weights, strict=True))
     return row | {"skipped_steps": 0, "seconds": 1.5}
@@ -95,6 +88,21 @@ def hand_epochs() -> pd.DataFrame:
     return epochs.sample(frac=1, random_state=0).reset_index(drop=True)  # order must not matter
 
 
+def hand_confusions(epochs: pd.DataFrame) -> pd.DataFrame:
+    """confusions.parquet for `epochs`: every matrix 2 on the diagonal, 1 elsewhere; patient
+    level on validation rows only."""
+    cells = [
+        {"trial_id": r.trial_id, "fold": r.fold, "epoch": r.epoch, "split": r.split,
+         "level": level, "task": task, "true": t, "predicted": p, "count": 2 if t == p else 1}
+        for r in epochs.itertuples()
+        for level, task, labels in CONFUSIONS
+        if not (level == "patient" and r.split == "train")
+        for t in labels
+        for p in labels
+    ]  # fmt: skip
+    return pd.DataFrame(cells)
+
+
 def hand_trials() -> pd.DataFrame:
     base = dataclasses.asdict(tiny().replace(epochs=30))
     rows = []
@@ -116,6 +124,7 @@ def results(tmp_path):
     folder = tmp_path / "hand"
     folder.mkdir()
     hand_epochs().to_parquet(folder / "epochs.parquet", index=False)
+    hand_confusions(hand_epochs()).to_parquet(folder / "confusions.parquet", index=False)
     hand_trials().to_parquet(folder / "trials.parquet", index=False)
     configurations = [{"seg_loss": s, "alpha": a} for s in ("dice", "bce") for a in (0.06, 0.12)]
     study = {"name": "hand", "train": {}, "configurations": configurations, "space": {}}
@@ -227,9 +236,11 @@ def test_comparison_with_the_original_matches_seg_loss_epochs_and_alpha():
 
 def test_confusion_matrices_sum_over_folds():
     selected = select_epochs(hand_epochs())
-    t1 = selected[selected.trial_id == "t1"]
-    matrix = plots.confusion_matrix(t1, "patient_pattern", PATTERNS)
+    t1 = selected[selected.trial_id == "t1"][["trial_id", "fold", "epoch"]]
+    cells = hand_confusions(hand_epochs().query("split == 'val'")).merge(t1)
+    matrix = plots.confusion_matrix(cells, "patient", "pattern", PATTERNS)
     assert (matrix == 5 * (np.ones((7, 7)) + np.eye(7))).all()
+    assert plots.confusion_matrix(cells, "patch", "intensity", INTENSITIES).sum() == 5 * 6
 
 
 # ---- Rendering: files, Markdown, figures. ----

@@ -38,8 +38,27 @@ def test_smoke_study_writes_both_tables(ray_local, tmp_path, capsys):
         assert trial.cv_folds == 5
 
     # The same columns as python -m mtl.train writes, plus the node that trained each fold.
-    assert list(epochs.columns[:4]) == ["trial_id", "fold", "epoch", "split"]
-    assert epochs.node.notna().all()
+    assert list(epochs.columns[:5]) == ["study", "trial_id", "fold", "epoch", "split"]
+    assert (epochs.study == "smoke").all() and (trials.study == "smoke").all()
+    assert epochs.node.notna().all() and epochs.node_ip.notna().all()
+    assert (epochs.device == "cpu").all()
+    # Every confusion cell in its own table: a fold's patch-level pattern counts sum to its
+    # validation patches.
+    cells = pd.read_parquet(out / "confusions.parquet")
+    patch = cells[(cells.level == "patch") & (cells.task == "pattern") & (cells.split == "val")]
+    counts = patch.groupby(["trial_id", "fold", "epoch"])["count"].sum()
+    val = epochs[epochs.split == "val"].set_index(["trial_id", "fold", "epoch"]).patches
+    pd.testing.assert_series_equal(counts.sort_index(), val.sort_index(), check_names=False)
+    # Provenance: the data, the code, the libraries, the command, when.
+    provenance = json.loads((out / "study.json").read_text())["provenance"]
+    assert provenance["store_hash"] and provenance["store_path"]
+    (run,) = provenance["runs"]
+    assert run["command"].startswith("python") and run["started"] <= run["ended"]
+    assert run["torch"] and run["ray"] and run["optuna"] and run["code_version"]
+    for column in ("store_hash", "code_version", "torch", "ray", "command"):
+        assert trials[column].notna().all(), column
+    assert str(trials.started.dtype) == "datetime64[us, UTC]"
+    assert (trials.started <= trials.ended).all()
     # Only the best trial keeps its checkpoint (every fold's final state) for study.export.
     best = trials.loc[trials.cv_score.idxmax()].trial_id
     kept = sorted(p.parent.name for p in out.glob("tune/*/checkpoint_*"))

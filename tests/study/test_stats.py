@@ -405,12 +405,13 @@ def test_a_study_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "score" in out and "pattern_acc" in out
     stats = pd.read_parquet(tmp_path / "stats.parquet")
-    assert tuple(stats.columns[: len(STATS_COLUMNS)]) == STATS_COLUMNS
+    assert tuple(stats.columns[1 : 1 + len(STATS_COLUMNS)]) == STATS_COLUMNS
+    assert set(stats.study) == {tmp_path.name}
     assert set(stats.trial_id) == {"t1", "t3"}
     assert _row(stats, "t3", "score").is_best
     pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "stats.csv").drop(columns="trial_id"),
-        stats.drop(columns="trial_id"),
+        pd.read_csv(tmp_path / "stats.csv").drop(columns=["study", "trial_id"]),
+        stats.drop(columns=["study", "trial_id"]),
         check_dtype=False,
     )
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
@@ -434,7 +435,7 @@ def test_the_cli_reproduces_the_hand_checked_numbers(tmp_path, capsys):
     assert "1 equivalent within ±0.01, 1 undecided, 1 worse" in printed
     assert "[-0.0894, -0.0306]" in printed  # the worse trial's interval
     stats = pd.read_csv(out)
-    assert tuple(stats.columns) == (*STATS_COLUMNS, "verdict", "half_width")
+    assert tuple(stats.columns) == ("study", *STATS_COLUMNS, "verdict", "half_width")
     worse = _row(stats, "worse")
     assert (worse.ci_low, worse.ci_high) == pytest.approx(WORSE_CI, rel=1e-9)
     assert worse.p_value == pytest.approx(WORSE_P, rel=1e-6)
