@@ -32,6 +32,9 @@ class Balancer(nn.Module):
         super().__init__()
         self.num_tasks = num_tasks
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
+        # The tasks (indices) whose loss was not finite in the last step; () after a step
+        # that was taken. A caller undoes what its forward pass changed when it is not empty.
+        self.nonfinite_tasks: tuple[int, ...] = ()
 
     @property
     def weights(self) -> torch.Tensor:
@@ -48,9 +51,12 @@ class Balancer(nn.Module):
             raise ValueError(f"expected {self.num_tasks} task losses, got {len(losses)}")
         values = torch.stack([loss.detach() for loss in losses])
         # One host sync per step; the price of never feeding a NaN to the optimizers.
-        if not torch.isfinite(values).all():
+        finite = torch.isfinite(values)
+        if not finite.all():
             self.skipped_steps += 1
+            self.nonfinite_tasks = tuple((~finite).nonzero().flatten().tolist())
             return (self.weights * values).sum()
+        self.nonfinite_tasks = ()
         return self._backward(losses, values)
 
     def _backward(self, losses: tuple[torch.Tensor, ...], values: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,9 @@ class TrainConfig:
     # epochs search rely on) or cosine decay to zero over `epochs`, per epoch.
     lr_schedule: str = "constant"
     threshold: float = 0.5  # on the mask probability, for pixel accuracy
+    # A fold fails when more than this share of an epoch's training steps had a non-finite
+    # loss (each such step is skipped and changes nothing): a diverged fold, not noise.
+    max_skipped_share: float = 0.05
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0  # loader worker processes; 0 reads batches in the training process
@@ -112,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
         if self.num_folds < 2:
             raise ValueError(f"num_folds must be at least 2, got {self.num_folds}")
+        if not 0.0 <= self.max_skipped_share <= 1.0:
+            raise ValueError(f"max_skipped_share must lie in [0, 1], got {self.max_skipped_share}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         if len(set(self.held_out)) != len(self.held_out):

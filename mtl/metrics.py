@@ -40,6 +40,7 @@ class RunningSums:
     def __init__(self, device: torch.device, threshold: float = 0.5):
         self.device = device
         self.logit_threshold = math.log(threshold / (1 - threshold))
+        self.steps = 0  # batches added
         self.losses = torch.zeros(3, dtype=torch.float64, device=device)
         self.pixel_stats = torch.zeros(4, dtype=torch.int64, device=device)  # tp, fp, fn, tn
         k, m = len(PATTERNS), len(INTENSITIES)
@@ -54,6 +55,7 @@ class RunningSums:
         losses: Sequence[torch.Tensor],
     ) -> None:
         n = batch["pattern"].shape[0]
+        self.steps += 1
         self.losses += torch.stack([loss.detach().double() for loss in losses]) * n
         # Binarise here: smp's `threshold` would binarise the target too, and a logit
         # threshold of 0 turns an all-background target into all cells.

@@ -196,7 +196,9 @@ def predict_files(
         except (OSError, ValueError) as error:
             failures.append(f"{path}: {error}")
         else:
-            mask = (prediction.mask_probability > 0.5).astype(np.uint8) * 255
+            # The threshold the model was trained and evaluated with (its config).
+            cells = prediction.mask_probability > ensemble.config.threshold
+            mask = cells.astype(np.uint8) * 255
             row = {
                 "file": path.name,
                 **summarise(prediction.pattern_probs, prediction.intensity_probs),

@@ -41,7 +41,7 @@ from mtl.data import (
 from mtl.losses import task_losses
 from mtl.metrics import RunningSums, majority_votes
 from mtl.model import MultiTaskUNet
-from mtl.schema import EpochMetrics, SplitMetrics
+from mtl.schema import TASKS, EpochMetrics, SplitMetrics
 
 CHECKPOINT_VERSION = 1
 
@@ -186,6 +186,8 @@ class FoldTrainer:
             PatchDataset(self.store, val_rows), config.batch_size, shuffle=False, **options
         )
         self.epoch = 0  # epochs completed
+        self._buffers = list(self.model.buffers())  # BatchNorm's running statistics
+        self._saved_buffers = [b.clone() for b in self._buffers]
 
     @property
     def batches_per_epoch(self) -> int:
@@ -200,32 +202,61 @@ class FoldTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.epoch)
         self.model.train()
-        skipped_before = int(self.balancer.skipped_steps)
         sums = RunningSums(self.device, self.config.threshold)
         batches = Waited(self.train_loader)
+        skipped: dict[str, int] = {}  # task -> steps skipped for its non-finite loss
+        steps = 0
         for batch in batches:
-            batch = self._to_device(batch)
-            with self._autocast():
-                output = self.model(batch["image"])
-            losses = task_losses(output, batch, self.config.seg_loss)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.balancer.backward(losses)
-            self.optimizer.step()
-            sums.update(output, batch, losses)
+            steps += 1
+            for task in self.train_step(self._to_device(batch), sums):
+                skipped[task] = skipped.get(task, 0) + 1
             if progress:
                 progress(1)
+        skipped_steps = steps - sums.steps
+        if skipped_steps > self.config.max_skipped_share * steps:
+            tasks = ", ".join(f"{task} loss in {n}" for task, n in skipped.items())
+            raise FloatingPointError(
+                f"fold {self.fold}, epoch {self.epoch}: {skipped_steps} of {steps} training "
+                f"steps had a non-finite loss ({tasks}), more than max_skipped_share="
+                f"{self.config.max_skipped_share:g}; the fold diverged"
+            )
         train = sums.result()
         self.balancer.end_epoch([train.loss_seg, train.loss_pattern, train.loss_intensity])
         val = self.evaluate(progress)
+        for task in TASKS:
+            if not math.isfinite(getattr(val, f"loss_{task}")):
+                raise FloatingPointError(
+                    f"fold {self.fold}, epoch {self.epoch}: the validation {task} loss is not "
+                    "finite (the model's outputs are not); the fold diverged"
+                )
         return EpochMetrics(
             epoch=self.epoch,
             train=train,
             val=val,
             weights=tuple(self.balancer.weights.tolist()),
-            skipped_steps=int(self.balancer.skipped_steps) - skipped_before,
+            skipped_steps=skipped_steps,
             seconds=time.perf_counter() - start,
             data_seconds=batches.seconds,
         )
+
+    def train_step(self, batch: dict[str, torch.Tensor], sums: RunningSums) -> tuple[str, ...]:
+        """One optimisation step on `batch`, added to `sums`. A step with a non-finite task
+        loss changes nothing (weights, optimizer and balancer states, BatchNorm statistics)
+        and stays out of `sums`; it returns the names of those tasks (else ())."""
+        # The forward pass updates BatchNorm's running statistics before the loss is known:
+        # keep a copy to put back (one fused copy; the buffers are small).
+        torch._foreach_copy_(self._saved_buffers, self._buffers)
+        with self._autocast():
+            output = self.model(batch["image"])
+        losses = task_losses(output, batch, self.config.seg_loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.balancer.backward(losses)
+        if self.balancer.nonfinite_tasks:
+            torch._foreach_copy_(self._buffers, self._saved_buffers)
+            return tuple(TASKS[i] for i in self.balancer.nonfinite_tasks)
+        self.optimizer.step()
+        sums.update(output, batch, losses)
+        return ()
 
     @torch.inference_mode()
     def evaluate(self, progress: Callable[[int], None] | None = None) -> SplitMetrics:

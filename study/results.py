@@ -57,7 +57,8 @@ def epoch_report(
     is each fold's own score. Nothing else: every fold's full rows go to the fold log.
     """
     epochs = {m.epoch for m in by_fold.values()}
-    assert len(epochs) == 1, f"folds out of lockstep: epochs {epochs}"
+    if len(epochs) != 1:  # not an assert: `python -O` would drop it
+        raise RuntimeError(f"folds out of lockstep: epochs {sorted(epochs)}")
     report: dict[str, float] = {"epoch": epochs.pop()}
     for metric in dict.fromkeys((*CV_METRICS, *score_metrics)):
         values = [getattr(m.val, metric) for m in by_fold.values()]

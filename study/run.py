@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape  # an error may quote [brackets]
 
 from mtl import add_overrides_option
+from study.guard import StudyBusyError, StudyInterrupted, check_results_folder, study_lock
 from study.placement import PlacementError
 from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset
 from study.record import load_study_file
@@ -195,10 +196,22 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
 
+    try:
+        # One driver per study folder, from here until the report is written.
+        with study_lock((results / study.name).resolve()):
+            return run_and_report(args, study, results, started)
+    except StudyBusyError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}")
+        return 2
+
+
+def run_and_report(args, study: StudyConfig, results: Path, started: float) -> int:
+    """Run the checked study on Ray, then write its report; the exit status."""
     import ray
 
     started_here = not ray.is_initialized()
     try:
+        check_results_folder(results / study.name)
         if started_here:
             connect(args.address, args.cpus, args.verbose)
         unreadable = check_store_on_nodes(study.train.data)
@@ -211,9 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         epochs, trials = run_study(
             study, results, resume=args.resume, verbose=args.verbose, storage=args.storage
         )
-    except (ConnectionError, PlacementError) as error:
+    except (ConnectionError, PlacementError, OSError) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
+    except StudyInterrupted as stop:
+        interrupted = stop
+    else:
+        interrupted = None
     finally:
         if started_here:
             ray.shutdown()
@@ -221,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     from study.report import write_report
 
     write_report(results / study.name, console=console)
+    if interrupted is not None:
+        console.print(f"[yellow]{escape(str(interrupted))}[/yellow]")
+        return interrupted.exit_status
     console.print(f"results, report and plots: {(results / study.name).resolve()}")
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
     console.print(f"elapsed: {minutes} min {seconds:02d} s")

@@ -11,6 +11,7 @@ fold's score, writes every fold's rows to its fold log (study/results.py), and e
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -39,6 +40,7 @@ from study.provenance import environment
 from study.results import epoch_report, fold_log_entry, train_overrides, write_fold_log
 from study.storage import fetch_store, store_cache
 
+logger = logging.getLogger(__name__)
 VERSIONS = {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}
 
 
@@ -174,13 +176,9 @@ def run_trial(
     trial_id = tune.get_context().get_trial_id()
     versions = environment()
     workers = Folds(config, folds, actor_options, threads, store_hash, trainer)
-    done = 0  # epochs completed
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:  # a resumed or retried trial
-        with checkpoint.as_directory() as folder:
-            states = [(Path(folder) / checkpoint_name(fold)).read_bytes() for fold in folds]
-            done = json.loads((Path(folder) / "trial.json").read_text())["epoch"]
-        workers.call("load", states)
+    # Epochs completed; a resumed or retried trial continues from its checkpoint.
+    done = restore(workers, checkpoint, folds) if checkpoint is not None else 0
     for epoch in range(done + 1, config.epochs + 1):
         results = workers.call("run_epoch")
         by_fold = {fold: metrics for fold, (metrics, _) in zip(folds, results, strict=True)}
@@ -199,3 +197,46 @@ def run_trial(
             meta = {"epoch": epoch, "store_hash": store_hash, "versions": VERSIONS}
             (Path(folder) / "trial.json").write_text(json.dumps(meta))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def restore(workers: Folds, checkpoint: tune.Checkpoint, folds: tuple[str, ...]) -> int:
+    """Load the trial's latest checkpoint into its folds and return its epoch. One that fails
+    to load (a truncated file, a lost write) gives way to the one before it, with a warning:
+    Tune keeps two (build_tuner), and the epochs between are trained again."""
+    candidates = [checkpoint, *earlier_checkpoints(checkpoint)]
+    for i, candidate in enumerate(candidates):
+        try:
+            with candidate.as_directory() as folder:
+                states = [(Path(folder) / checkpoint_name(fold)).read_bytes() for fold in folds]
+                epoch = json.loads((Path(folder) / "trial.json").read_text())["epoch"]
+            workers.call("load", states)
+        except Exception as error:  # any failure to load means: try the one before
+            reason = " ".join(str(error).split())[:300]
+            if i + 1 == len(candidates):
+                raise RuntimeError(
+                    f"no checkpoint of this trial could be loaded; the last: {reason}"
+                ) from error
+            logger.warning(
+                "checkpoint %s could not be loaded (%s); trying %s",
+                candidate.path, reason, candidates[i + 1].path,
+            )  # fmt: skip
+            continue
+        return int(epoch)
+    raise AssertionError("unreachable")
+
+
+def earlier_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's other checkpoints older than `checkpoint`, newest first."""
+    from pyarrow import fs
+
+    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
+    found = checkpoint.filesystem.get_file_info(fs.FileSelector(parent))
+    names = sorted(
+        (f.base_name for f in found if f.type == fs.FileType.Directory),
+        reverse=True,
+    )
+    return [
+        tune.Checkpoint(path=f"{parent}/{other}", filesystem=checkpoint.filesystem)
+        for other in names
+        if other.startswith("checkpoint_") and other < name
+    ]

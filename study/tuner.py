@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +20,10 @@ from rich.console import Console
 from rich.progress import Progress
 
 from mtl import build_synthetic_store, holdout_patients, open_store, split_label, split_rows
+from study.guard import StudyInterrupted, check_results_folder, graceful_stop, study_lock
 from study.presets import StudyConfig
 from study.record import study_from_record, study_record
+from study.results import rebuild
 from study.storage import fetch_store, is_uri, store_cache
 
 console = Console()
@@ -206,9 +209,10 @@ def build_tuner(
             callbacks=[ResultsWriter(study, folder, experiment)]
             + ([] if verbose else [LiveView(study)]),
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            # Keep the latest checkpoint only; every new one also syncs the experiment state,
-            # so a killed driver resumes from where its trials really were.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # The latest two checkpoints: a trial whose latest fails to load (a truncated
+            # file) resumes from the one before (trial.restore). Every new one also syncs the
+            # experiment state, so a killed driver resumes from where its trials really were.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
 
@@ -234,17 +238,29 @@ def run_study(
         # Every checkpoint syncs the experiment state on purpose (see build_tuner).
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     folder = (results / study.name).resolve()
-    resume = check_resumable(study, folder, resume)
     placement = fold_placement(study)  # an impossible placement fails before any file
-    folder.mkdir(parents=True, exist_ok=True)
+    with study_lock(folder):  # one driver per study folder
+        return _run_locked(study, folder, resume, verbose, trainer, storage, placement)
+
+
+def _run_locked(study, folder, resume, verbose, trainer, storage, placement):
+    resume = check_resumable(study, folder, resume)
+    check_results_folder(folder)
     write_study_file(study, folder, resume)
     experiment = f"{storage.rstrip('/')}/{study.name}" if storage else str(folder)
     (folder / "run.json").write_text(json.dumps({"experiment": f"{experiment}/tune"}) + "\n")
-    build_tuner(
-        study, folder, experiment, resume=resume, verbose=verbose, trainer=trainer,
-        placement=placement,
-    ).fit()  # fmt: skip
+    with graceful_stop() as received:
+        build_tuner(
+            study, folder, experiment, resume=resume, verbose=verbose, trainer=trainer,
+            placement=placement,
+        ).fit()  # fmt: skip
+    # Written again here, from the experiment and the fold logs: a stopped Tune may end
+    # without telling the callbacks about the trials it stopped.
+    rebuild(folder)
     epochs, trials = (pd.read_parquet(folder / f"{t}.parquet") for t in ("epochs", "trials"))
+    unfinished = int((trials.status == "unfinished").sum()) if len(trials) else 0
+    if received or unfinished:  # only a signal stops fit() with trials left unfinished
+        raise StudyInterrupted(received[0] if received else signal.SIGINT, unfinished)
     drop_checkpoints(f"{experiment}/tune", trials, study.keep_checkpoints)
     finish(study, folder, epochs, trials)
     write_study_file(study, folder, resume=True, ended=True)
@@ -300,8 +316,9 @@ def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.Da
 
 
 def drop_checkpoints(experiment: str, trials: pd.DataFrame, keep: int) -> list[str]:
-    """Delete the checkpoints of finished trials beyond the `keep` best (0: keep all);
-    completed trials rank before pruned and errored ones, then by cross-validated score.
+    """Delete the checkpoints of finished trials beyond the `keep` best (0: keep all), and
+    all but the latest of the kept ones; completed trials rank before pruned and errored
+    ones, then by cross-validated score.
 
     Unfinished trials keep theirs: a later --resume continues from them.
     """
@@ -321,11 +338,15 @@ def drop_checkpoints(experiment: str, trials: pd.DataFrame, keep: int) -> list[s
         filesystem, root = fs.LocalFileSystem(), experiment
     trial_folders = filesystem.get_file_info(fs.FileSelector(root))
     dropped = []
-    for trial_id in ranked.trial_id.iloc[keep:]:
+    kept = set(ranked.trial_id.iloc[:keep])
+    for trial_id in ranked.trial_id:
         for folder in trial_folders:
             if folder.type == fs.FileType.Directory and f"_{trial_id}_" in folder.base_name:
-                for item in filesystem.get_file_info(fs.FileSelector(folder.path)):
-                    if item.base_name.startswith("checkpoint_"):
-                        filesystem.delete_dir(item.path)
-                        dropped.append(item.path)
+                items = filesystem.get_file_info(fs.FileSelector(folder.path))
+                checkpoints = sorted(i.path for i in items if i.base_name.startswith("checkpoint_"))
+                # A kept finished trial needs its latest checkpoint only (no fallback).
+                doomed = checkpoints[:-1] if trial_id in kept else checkpoints
+                for path in doomed:
+                    filesystem.delete_dir(path)
+                    dropped.append(path)
     return dropped

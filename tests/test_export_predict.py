@@ -2,6 +2,7 @@
 exported, new specimens predicted with it (minutes on a 2-core CPU)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ from mtl.config import small
 from mtl.data import PatchGrid, SynthSpec
 from mtl.data.synthetic import generate
 from mtl.model import MultiTaskUNet
-from mtl.predict import Ensemble, stitch, window_offsets
+from mtl.predict import Ensemble, predict_specimen, read_grey, stitch, window_offsets
 from mtl.predict import main as predict_main
 from study.export import main as export_main
 from study.export import trial_checkpoint
@@ -178,3 +179,24 @@ def test_bad_inputs_are_named_and_the_rest_still_predicted(exported, tmp_path, c
     torch.save({"wrong": torch.zeros(1)}, damaged / "fold-B.pt")
     assert predict_main([str(damaged), files[0], "--out", str(tmp_path / "o3")]) == 2
     assert "fold-B.pt: does not fit" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # uses the study's exported model
+def test_masks_use_the_threshold_the_model_was_trained_with(exported, tmp_path):
+    _, model = exported
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["config"]["threshold"] = 0.3
+    (copy / "model.json").write_text(json.dumps(meta))
+    images = tmp_path / "images"
+    images.mkdir()
+    _specimens(images, patients=1, seed=3)
+    (image,) = sorted(images.iterdir())
+    out = tmp_path / "out"
+    assert predict_main([str(copy), str(image), "--out", str(out)]) == 0
+    ensemble = Ensemble(copy, device="cpu")
+    probability = predict_specimen(ensemble, read_grey(image)).mask_probability
+    written = cv2.imread(str(out / f"{image.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert ((probability > 0.3) & (probability <= 0.5)).any()  # where 0.3 and 0.5 differ
+    assert np.array_equal(written == 255, probability > 0.3)

@@ -186,6 +186,15 @@ def _parser() -> argparse.ArgumentParser:
         help="seed of the stratified folds (%(default)s)",
     )
     info.set_defaults(run=_info)
+
+    verify = commands.add_parser(
+        "verify",
+        help="check a store's files and content hash",
+        description="Open a store (array sizes against its index) and recompute its content "
+        "hash, reading every byte; exit status 1 when it differs from store.json's.",
+    )
+    verify.add_argument("store", metavar="STORE", help="a store folder")
+    verify.set_defaults(run=_verify)
     return parser
 
 
@@ -252,6 +261,13 @@ def _info(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     console.print(_facts(store))
     console.print(_label_table(index))
     console.print(_fold_table(index, folds, args.folds))
+    return 0
+
+
+def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    store = open_store(args.store)
+    store.verify()
+    print(f"{store.path}: {len(store)} patches, content hash {store.content_hash}: intact")
     return 0
 
 

@@ -41,10 +41,20 @@ class PatchStore:
                 f"this code reads {FORMAT_VERSION}; rebuild the store"
             )
         self.index = pd.read_parquet(self.path / "index.parquet")
-        self.images = np.load(self.path / "images.npy", mmap_mode="r")
-        self.masks = np.load(self.path / "masks.npy", mmap_mode="r")
-        if not len(self.index) == len(self.images) == len(self.masks):
-            raise ValueError(f"{self.path}: index, images and masks differ in length")
+        # Checked here, in the driver, before any trial: a truncated array would otherwise
+        # surface as a crash in a data-loader worker minutes into training.
+        shape = (len(self.index), self.size, self.size)
+        self.images = _open_array(self.path / "images.npy", shape)
+        self.masks = _open_array(self.path / "masks.npy", shape)
+
+    def verify(self) -> None:
+        """Recompute the content hash (reads every byte); ValueError when it differs."""
+        found = content_hash(self.path, self.index)
+        if found != self.content_hash:
+            raise ValueError(
+                f"{self.path}: content hash {found}, but store.json records "
+                f"{self.content_hash}: the store was changed or damaged; rebuild it"
+            )
 
     @property
     def size(self) -> int:
@@ -59,6 +69,33 @@ class PatchStore:
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(self.images[i]), np.asarray(self.masks[i])
+
+
+def _open_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Memory-map a uint8 .npy array after checking its header and length against `shape`."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the store")
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+                version, np.lib.format.read_array_header_2_0
+            )
+            found, _, dtype = read_header(f)
+        except ValueError as error:
+            raise ValueError(f"{path} is not a readable .npy array: {error}") from None
+        offset = f.tell()
+    if tuple(found) != shape or dtype != np.uint8:
+        raise ValueError(
+            f"{path} holds {dtype} {tuple(found)}, but the store's index promises uint8 {shape}"
+        )
+    expected = offset + int(np.prod(shape))
+    size = path.stat().st_size
+    if size < expected:
+        raise ValueError(
+            f"{path} is truncated: {size:,} bytes of {expected:,}; rebuild or re-copy the store"
+        )
+    return np.load(path, mmap_mode="r")
 
 
 def open_store(path: str | os.PathLike) -> PatchStore:

@@ -91,7 +91,7 @@ def test_aws_workers_have_gpus_and_scale_from_zero():
 @pytest.mark.parametrize("name", FILES)
 def test_project_is_mounted_and_installed(name):
     config = load(name)
-    assert config["file_mounts"] == {"/home/ray/hep2-mtl": "."}
+    assert config["file_mounts"]["/home/ray/hep2-mtl"] == "."
     assert "pip install --quiet -e /home/ray/hep2-mtl" in config["setup_commands"]
 
 
@@ -116,3 +116,47 @@ def test_a_public_dashboard_would_be_caught():
     commands = "ray start --head --dashboard-host=0.0.0.0"
     hosts = re.findall(r"--dashboard-host[= ](\S+)", commands)
     assert hosts == ["0.0.0.0"] and not all(h in ("127.0.0.1", "localhost") for h in hosts)
+
+
+def _outside_rules(rules: list[dict]) -> list[dict]:
+    """The inbound rules that admit addresses (IpRanges) rather than the cluster's groups."""
+    return [rule for rule in rules if rule.get("IpRanges") or rule.get("Ipv6Ranges")]
+
+
+def _admits_more_than_ssh(rules: list[dict]) -> bool:
+    return any(
+        (rule.get("IpProtocol"), rule.get("FromPort"), rule.get("ToPort")) != ("tcp", 22, 22)
+        for rule in _outside_rules(rules)
+    )
+
+
+def test_aws_admits_nothing_but_ssh_from_outside():
+    """The inbound rules Ray's AWS provider makes of this file: its defaults (the cluster's
+    own groups, and SSH from anywhere: ray/autoscaler/_private/aws/config.py,
+    _create_default_inbound_rules, which needs boto3 to import) plus the file's
+    IpPermissions."""
+    group = load("cluster.yaml")["provider"]["security_group"]
+    assert group["GroupName"]  # declared, so that nobody else's group is reused by name
+    defaults = [
+        {"IpProtocol": "-1", "FromPort": -1, "ToPort": -1,
+         "UserIdGroupPairs": [{"GroupId": "sg-cluster"}]},
+        {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+         "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+    ]  # fmt: skip
+    rules = defaults + list(group.get("IpPermissions", []))
+    assert _outside_rules(rules) and not _admits_more_than_ssh(rules)
+
+
+def test_an_open_inbound_rule_would_be_caught():
+    dashboard = {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265,
+                 "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}  # fmt: skip
+    assert _admits_more_than_ssh([dashboard])
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_token_authentication_is_on_everywhere(name):
+    """Every process of every node runs with RAY_AUTH_MODE=token and the user's token."""
+    config = load(name)
+    assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
+    assert config["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    assert not re.search(r"RAY_AUTH_MODE\s*=\s*disabled", (ROOT / name).read_text())

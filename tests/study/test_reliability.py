@@ -14,6 +14,7 @@ import ray.cloudpickle
 
 from mtl import FoldTrainer
 from study.presets import smoke
+from study.report import write_report
 from study.tuner import prepare_data, run_study
 
 pytestmark = pytest.mark.slow  # whole studies, killed and resumed
@@ -88,3 +89,61 @@ def test_a_crashed_fold_worker_is_retried_from_its_checkpoint(ray_local, tmp_pat
     assert CrashingTrainer.marker.exists()  # the crash happened
     epochs = _assert_complete(tmp_path / "crash")
     assert epochs.groupby("trial_id").size().tolist() == [5 * EPOCHS * 2] * 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_study_and_resume_finishes_it(tmp_path, signum):
+    folder = tmp_path / "stop"
+    driver = _study(tmp_path, "stop", "--set", "epochs=4")
+    deadline = time.monotonic() + 300
+    while not _checkpoints(folder):
+        assert driver.poll() is None, driver.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.5)
+    if signum == signal.SIGINT:  # a second driver on the same study is refused, naming it
+        second = _study(tmp_path, "stop", "--set", "epochs=4")
+        output, _ = second.communicate(timeout=120)
+        assert second.returncode == 2, output
+        assert f"is being run by process {driver.pid}" in " ".join(output.split())
+        assert driver.poll() is None  # and the first ran on untouched
+    os.kill(driver.pid, signum)  # the driver only, as Ctrl-C or a scheduler's SIGTERM
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 128 + signum, output
+    assert f"stopped by {signal.Signals(signum).name}" in " ".join(output.split())
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert (trials.status == "unfinished").any()  # written for what had run
+    assert (folder / "report.md").exists()
+    if signum == signal.SIGINT:  # the same continuation after either signal
+        resumed = _study(tmp_path, "stop", "--set", "epochs=4", "--resume")
+        output, _ = resumed.communicate(timeout=600)
+        assert resumed.returncode == 0, output
+        trials = pd.read_parquet(folder / "trials.parquet")
+        assert (trials.status == "completed").all() and (trials.epochs_run == 4).all()
+        epochs = pd.read_parquet(folder / "epochs.parquet")
+        assert len(epochs) == 2 * 5 * 4 * 2
+        assert not epochs.duplicated(["trial_id", "fold", "epoch", "split"]).any()
+
+
+class DivergingTrainer(FoldTrainer):
+    """FoldTrainer whose BCE trials see NaN images: every training step's loss is NaN."""
+
+    def train_step(self, batch, sums):
+        if self.config.seg_loss == "bce":
+            batch = {**batch, "image": batch["image"] * float("nan")}
+        return super().train_step(batch, sums)
+
+
+def test_a_diverged_fold_errors_its_trial_and_the_study_goes_on(ray_local, tmp_path):
+    study = smoke()
+    study = dataclasses.replace(
+        study, name="diverge", train=study.train.replace(epochs=1), max_failures=0
+    )
+    _, trials = run_study(prepare_data(study, tmp_path), tmp_path, trainer=DivergingTrainer)
+    by_loss = trials.set_index("seg_loss")
+    assert by_loss.at["dice", "status"] == "completed"
+    assert by_loss.at["bce", "status"] == "errored"
+    assert "fold A, epoch 1: " in by_loss.at["bce", "error"]
+    assert "non-finite loss" in by_loss.at["bce", "error"]
+    write_report(tmp_path / "diverge")  # the report lists the errored trial and its reason
+    report = (tmp_path / "diverge" / "report.md").read_text()
+    assert "errored" in report and "non-finite loss" in report

@@ -155,3 +155,8 @@ def test_load_refuses_a_newer_schema_version(tmp_path):
     with pytest.raises(ValueError, match=f"schema version {SCHEMA_VERSION + 1}.*upgrade"):
         load(tmp_path / "*")
     assert load(tmp_path / "*", "epochs").empty
+
+
+def test_folds_out_of_lockstep_are_an_error_even_under_python_O():
+    with pytest.raises(RuntimeError, match=r"out of lockstep: epochs \[2, 3\]"):
+        epoch_report({"A": _epoch(2, 0.5), "B": _epoch(3, 0.5)})
