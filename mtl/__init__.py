@@ -25,6 +25,8 @@ _PUBLIC = {
     "tiny": "mtl.config",
     "parse_overrides": "mtl.config",
     "add_overrides_option": "mtl.config",
+    "add_version_option": "mtl.config",
+    "package_version": "mtl.config",
     "choices": "mtl.config",
     "BALANCER_FIELDS": "mtl.config",
     "is_active": "mtl.config",

@@ -177,6 +177,23 @@ def small() -> TrainConfig:
 TRAIN_PRESETS = {"original": original, "small": small, "tiny": tiny}
 
 
+def package_version() -> str:
+    """The installed hep2-mtl's version ("unknown" when it runs from a tree not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("hep2-mtl")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def add_version_option(parser) -> None:
+    """Every command's `--version`."""
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s (hep2-mtl {package_version()})"
+    )
+
+
 def add_overrides_option(parser) -> None:
     """Every command's `--set KEY=VALUE` (into `args.overrides`, for `parse_overrides`),
     its help listing each closed field's choices from its registry."""

@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from mtl.config import TrainConfig
+from mtl.config import TrainConfig, add_version_option
 from mtl.data import PatchGrid
 from mtl.data.importers import read_grey
 from mtl.labels import INTENSITIES, PATTERNS
@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="specimen images (TIFF, PNG, ...)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_version_option(parser)
     args = parser.parse_args(argv)
     console = Console(stderr=True, soft_wrap=True)  # error lines stay whole for grep
     try:

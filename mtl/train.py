@@ -27,7 +27,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from mtl.config import TRAIN_PRESETS, TrainConfig, add_overrides_option, parse_overrides
+from mtl.config import (
+    TRAIN_PRESETS,
+    TrainConfig,
+    add_overrides_option,
+    add_version_option,
+    parse_overrides,
+)
 from mtl.schema import EpochMetrics
 from mtl.tables import confusion_frame, epoch_frame, write_parquet
 from mtl.trainer import checkpoint_due, checkpoint_name, open_trainer, train_epochs
@@ -90,6 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_overrides_option(parser)
     parser.add_argument("--out", help="output folder (default: a new folder under ./runs)")
     parser.add_argument("--resume", help="a checkpoint written by an earlier run to continue from")
+    add_version_option(parser)
     return parser.parse_args(argv)
 
 

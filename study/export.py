@@ -24,6 +24,7 @@ from mtl import (
     PATTERNS,
     PatchGrid,
     TrainConfig,
+    add_version_option,
     checkpoint_name,
     fold_labels,
     read_checkpoint,
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trial", default="best", help="best (default: the completed trial "
                         "with the best cross-validated score) or a trial id")  # fmt: skip
     parser.add_argument("--out", required=True, help="the model folder to write")
+    add_version_option(parser)
     args = parser.parse_args(argv)
     try:
         out = export(args.results, args.out, args.trial)

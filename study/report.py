@@ -21,7 +21,7 @@ import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 
-from mtl import PATTERNS, SCORE_METRICS
+from mtl import PATTERNS, SCORE_METRICS, add_version_option
 from study import plots
 from study.render import (
     SCREEN_COLUMNS,
@@ -373,6 +373,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="add the original study's six configurations and our differences",
     )
+    add_version_option(parser)
     return parser.parse_args(argv)  # fmt: skip
 
 

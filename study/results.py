@@ -34,6 +34,7 @@ from mtl import (
     SCORE_METRICS,
     EpochMetrics,
     TrainConfig,
+    add_version_option,
     confusion_matrix_cells,
     is_active,
     order_columns,
@@ -392,6 +393,9 @@ def _read(path: Path, target: pa.Schema) -> pa.Table:
         return to_arrow(
             frame[[c for c in frame if c in target.names]], target.metadata[b"table"].decode()
         )
+    for column in target:  # a column added since the file was written: null there
+        if column.name not in table.column_names:
+            table = table.append_column(column, pa.nulls(table.num_rows, column.type))
     return table.select(target.names).cast(target)
 
 
@@ -403,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=["rebuild"])
     parser.add_argument("folder", help="the study's results folder, RESULTS/NAME")
+    add_version_option(parser)
     args = parser.parse_args(argv)
     if not (Path(args.folder) / "study.json").exists():
         print(f"error: {args.folder} is not a study folder (no study.json)", file=sys.stderr)

@@ -23,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape  # an error may quote [brackets]
 
-from mtl import add_overrides_option
+from mtl import add_overrides_option, add_version_option
 from study.guard import StudyBusyError, StudyInterrupted, check_results_folder, study_lock
 from study.placement import PlacementError
 from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset
@@ -132,6 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default 1; needs --set folds=stratified)",
     )
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
+    add_version_option(p)
     return p.parse_args(argv)
 
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from mtl.config import add_version_option
 from mtl.data import build_synthetic_store
 from mtl.data.folds import FOLD_SCHEMES, assign_folds
 from mtl.data.grid import PatchGrid
@@ -195,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("store", metavar="STORE", help="a store folder")
     verify.set_defaults(run=_verify)
+    add_version_option(parser)
     return parser
 
 

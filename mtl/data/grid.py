@@ -2,7 +2,7 @@
 
 A 1388 x 1040 I3A specimen image is cut into 15 patches of 384 x 384 with horizontal stride
 251 and vertical stride 328, so neighbours overlap. Patch index k is column-major:
-row = k % rows, column = k // rows (`shared/seed-data/README.md`).
+row = k % rows, column = k // rows (the I3A task-2 patch numbering).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Importers: I3A task-2 images on disk -> a patch store (`python -m mtl.data`).
 
-Two layouts (`shared/seed-data/README.md`):
+Two layouts, those of the I3A task-2 distribution:
 
 - pre-cut patches `{patient:05d}_p{s}_patch{k}.tif` with masks `..._Mask.tif`, listed in the
   original headerless CSV `image,mask,pattern,intensity` (`import_patches`);

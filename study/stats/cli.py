@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mtl import add_version_option
 from study.stats import (
     DEFAULT_ROPE,
     compare_to_best,
@@ -157,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OUT",
         help="write the statistics here (CSV; a .parquet suffix writes Parquet)",
     )
+    add_version_option(parser)
     return parser
 
 

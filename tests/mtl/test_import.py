@@ -162,7 +162,7 @@ def test_specimens_are_cut_into_the_grid_pixel_for_pixel(tmp_path):
 
 
 def test_specimens_at_the_real_geometry(tmp_path):
-    """1388 x 1040 specimens, 384 patches at the offsets of shared/seed-data/README.md."""
+    """1388 x 1040 specimens, 384 patches at the offsets of the I3A task-2 patch grid."""
     src = tmp_path / "src"
     src.mkdir()
     rng = np.random.default_rng(0)

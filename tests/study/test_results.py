@@ -160,3 +160,14 @@ def test_load_refuses_a_newer_schema_version(tmp_path):
 def test_folds_out_of_lockstep_are_an_error_even_under_python_O():
     with pytest.raises(RuntimeError, match=r"out of lockstep: epochs \[2, 3\]"):
         epoch_report({"A": _epoch(2, 0.5), "B": _epoch(3, 0.5)})
+
+
+def test_load_fills_a_column_added_since_a_file_was_written(tmp_path):
+    (tmp_path / "s").mkdir()
+    trials = pd.DataFrame({"trial_id": ["a"], "status": ["completed"], "epochs": [3]})
+    write_parquet(trials, tmp_path / "s" / "trials.parquet", "trials", study="s")
+    path = tmp_path / "s" / "trials.parquet"
+    older = pq.read_table(path).drop_columns(["max_skipped_share"])  # as written before it
+    pq.write_table(older, path)
+    loaded = load(tmp_path / "s")
+    assert loaded.epochs.tolist() == [3] and loaded.max_skipped_share.isna().all()

@@ -1,0 +1,82 @@
+"""Studies from Python (a notebook, a script): the command line's study, as functions.
+
+    from study import load, run_preset
+
+    tables = run_preset("smoke", results="results", overrides={"epochs": 3})
+    tables.trials[["seg_loss", "cv_score", "cv_score_std"]]
+    trials = load("results/*")                     # every study in the folder, typed
+
+`run_preset` is `python -m study.run` without the report: the same checks, the same study
+folder, resumed when it exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from study.presets import StudyConfig, apply_overrides, get_preset
+from study.results import load
+
+
+@dataclass(frozen=True)
+class StudyTables:
+    """A study's tables, typed as `study.results.load` reads them."""
+
+    folder: Path
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    confusions: pd.DataFrame
+    stats: pd.DataFrame | None  # after the trials: the fold-paired comparison with the best
+
+
+def run_preset(
+    study: str | StudyConfig = "demo",
+    results: str | os.PathLike = "results",
+    *,
+    overrides: Mapping[str, object] | None = None,
+    name: str | None = None,
+    cpus: int | None = None,
+) -> StudyTables:
+    """Run (or resume) a preset by name, or a StudyConfig, with TrainConfig `overrides`
+    (as --set), on the Ray instance already started or on a new local one sized to `cpus`
+    (default: every CPU), which is shut down afterwards."""
+    import ray
+
+    from study.tuner import check_resumable, prepare_data, run_study
+
+    config = get_preset(study) if isinstance(study, str) else study
+    config = apply_overrides(config, [f"{k}={v}" for k, v in (overrides or {}).items()])
+    if name:
+        config = dataclasses.replace(config, name=name)
+    results = Path(results)
+    config = prepare_data(config, results)
+    check_resumable(config, (results / config.name).resolve(), resume=False)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False,
+                 configure_logging=False, log_to_driver=False)  # fmt: skip
+    try:
+        run_study(config, results)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return tables(results / config.name)
+
+
+def tables(folder: str | os.PathLike) -> StudyTables:
+    """The tables of one study folder, typed."""
+    folder = Path(folder)
+    has_stats = (folder / "stats.parquet").is_file()
+    return StudyTables(
+        folder=folder,
+        trials=load(folder, "trials"),
+        epochs=load(folder, "epochs"),
+        confusions=load(folder, "confusions"),
+        stats=load(folder, "stats") if has_stats else None,
+    )

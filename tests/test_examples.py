@@ -1,0 +1,37 @@
+"""The examples a user copies run: the Python API runs two studies, and
+examples/analyse_study.py analyses them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import study
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "analyse_study.py"
+
+
+@pytest.mark.slow  # two small studies
+def test_the_api_runs_presets_and_the_analysis_example_reads_them(tmp_path):
+    first = study.run_preset("smoke", results=tmp_path, overrides={"epochs": 1}, cpus=2)
+    assert len(first.trials) == 2 and (first.trials.status == "completed").all()
+    assert str(first.trials.epochs_run.dtype) == "Int32"
+    assert len(first.epochs) == 2 * 5 * 1 * 2 and first.stats is not None
+    assert study.tables(tmp_path / "smoke").trials.equals(first.trials)
+    second = study.run_preset(
+        "smoke", results=tmp_path, name="gradnorm", cpus=2,
+        overrides={"epochs": 1, "balancer": "gradnorm"},
+    )  # fmt: skip
+    assert (second.trials.balancer == "gradnorm").all()
+
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    print(out)
+    for name in ("smoke", "gradnorm"):
+        assert f"study {name}: the score" in out
+    assert "cannot be told apart from the best" in out or "worse" in out
+    assert "best_score" in out and (tmp_path / "analysis_curves.png").stat().st_size > 10_000
