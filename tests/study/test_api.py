@@ -2,9 +2,11 @@
 `import study` is light (the Python API's run is tested with the example,
 tests/test_examples.py)."""
 
+import importlib
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -28,12 +30,24 @@ def _run(*command: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.slow  # 24 processes, each importing torch or Ray
-@pytest.mark.parametrize("script,module", COMMANDS.items())
-def test_each_command_is_its_python_m_program(script, module):
-    installed = shutil.which(script, path=str(Path(sys.executable).parent))
-    assert installed, f"{script} is not installed (pip install -e .)"
-    as_script, as_module = _run(installed, "--help"), _run(sys.executable, "-m", module, "--help")
+def test_each_command_is_its_python_m_programs_main_with_a_version(capsys):
+    scripts = {ep.name: ep for ep in metadata.entry_points(group="console_scripts")}
+    mains = {"study.stats": "study.stats.cli", "mtl.data": "mtl.data.__main__"}
+    for script, module in COMMANDS.items():
+        main = importlib.import_module(mains.get(module, module)).main
+        assert scripts[script].load() is main, script
+        with pytest.raises(SystemExit) as done:
+            main(["--version"])
+        assert done.value.code == 0
+        assert f"python -m {module} (hep2-mtl {package_version()})" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # three processes importing torch and Ray
+def test_hep2_study_prints_what_python_m_study_run_prints():
+    installed = shutil.which("hep2-study", path=str(Path(sys.executable).parent))
+    assert installed, "hep2-study is not installed (pip install -e .)"
+    as_script = _run(installed, "--help")
+    as_module = _run(sys.executable, "-m", "study.run", "--help")
     assert as_script.returncode == as_module.returncode == 0
     assert as_script.stdout == as_module.stdout
     version = _run(installed, "--version")
