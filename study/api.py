@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,14 +42,18 @@ def run_preset(
     overrides: Mapping[str, object] | None = None,
     name: str | None = None,
     cpus: int | None = None,
+    trackers: Sequence[str] = (),
 ) -> StudyTables:
     """Run (or resume) a preset by name, or a StudyConfig, with TrainConfig `overrides`
     (as --set), on the Ray instance already started or on a new local one sized to `cpus`
-    (default: every CPU), which is shut down afterwards."""
+    (default: every CPU), which is shut down afterwards. `trackers`: "mlflow", "wandb", as
+    --tracker (the study-level run gets the statistics; the report is study.report's)."""
     import ray
 
+    from study.trackers import check_trackers, log_study
     from study.tuner import check_resumable, prepare_data, run_study
 
+    trackers = check_trackers(trackers)
     config = get_preset(study) if isinstance(study, str) else study
     config = apply_overrides(config, [f"{k}={v}" for k, v in (overrides or {}).items()])
     if name:
@@ -62,11 +66,14 @@ def run_preset(
         ray.init(address="local", num_cpus=cpus, include_dashboard=False,
                  configure_logging=False, log_to_driver=False)  # fmt: skip
     try:
-        run_study(config, results)
+        run_study(config, results, trackers=trackers)
     finally:
         if started_here:
             ray.shutdown()
-    return tables(results / config.name)
+    folder = results / config.name
+    if trackers:
+        log_study(trackers, config.name, folder, ())
+    return tables(folder)
 
 
 def tables(folder: str | os.PathLike) -> StudyTables:

@@ -29,6 +29,7 @@ from study.placement import PlacementError
 from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset
 from study.record import load_study_file
 from study.storage import check_storage, check_store_on_nodes, is_uri
+from study.trackers import TRACKERS, check_trackers
 from study.tuner import check_resumable, prepare_data, run_study
 
 console = Console()
@@ -131,6 +132,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="repeated cross-validation: this many k-fold splits with different seeds "
         "(default 1; needs --set folds=stratified)",
     )
+    p.add_argument(
+        "--tracker",
+        action="append",
+        choices=list(TRACKERS),
+        default=[],
+        help="also log to an experiment tracker (repeat for both): one run per trial with its "
+        "active parameters and cross-validated metrics, and a study run with the report. "
+        "mlflow: MLFLOW_TRACKING_URI, default RESULTS/NAME/mlflow.db; wandb: offline into "
+        "RESULTS/NAME/wandb unless logged in. Needs pip install 'hep2-mtl[mlflow]' or [wandb]",
+    )
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
     add_version_option(p)
     return p.parse_args(argv)
@@ -186,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = Path(args.results)
     try:
+        trackers = check_trackers(args.tracker)
         study = resolve_study(args)
         storage = args.storage or str((results / study.name).resolve())
         # Joining a cluster counts as multi-node even when it has one node now: an autoscaler
@@ -200,14 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # One driver per study folder, from here until the report is written.
         with study_lock((results / study.name).resolve()):
-            return run_and_report(args, study, results, started)
+            return run_and_report(args, study, results, started, trackers)
     except StudyBusyError as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
 
 
-def run_and_report(args, study: StudyConfig, results: Path, started: float) -> int:
-    """Run the checked study on Ray, then write its report; the exit status."""
+def run_and_report(
+    args, study: StudyConfig, results: Path, started: float, trackers: tuple[str, ...] = ()
+) -> int:
+    """Run the checked study on Ray, then write its report (and give it to the trackers);
+    the exit status."""
     import ray
 
     started_here = not ray.is_initialized()
@@ -223,8 +238,9 @@ def run_and_report(args, study: StudyConfig, results: Path, started: float) -> i
                 + ". Put it on a folder every node mounts, or give an s3:// or gs:// URI"
             )
         epochs, trials = run_study(
-            study, results, resume=args.resume, verbose=args.verbose, storage=args.storage
-        )
+            study, results, resume=args.resume, verbose=args.verbose, storage=args.storage,
+            trackers=trackers,
+        )  # fmt: skip
     except (ConnectionError, PlacementError, OSError) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
@@ -238,7 +254,11 @@ def run_and_report(args, study: StudyConfig, results: Path, started: float) -> i
 
     from study.report import write_report
 
-    write_report(results / study.name, console=console)
+    written = write_report(results / study.name, console=console)
+    if trackers:
+        from study.trackers import log_study
+
+        log_study(trackers, study.name, results / study.name, written)
     if interrupted is not None:
         console.print(f"[yellow]{escape(str(interrupted))}[/yellow]")
         return interrupted.exit_status

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -138,9 +139,11 @@ def build_tuner(
     verbose: bool,
     trainer: type | None = None,
     placement: tuple | None = None,
+    trackers: Sequence[str] = (),
 ):
     """The Tuner of the study (restored from EXPERIMENT/tune when resuming); tables and the
-    Optuna database go to FOLDER. `placement`: fold_placement's answer, if already asked."""
+    Optuna database go to FOLDER. `placement`: fold_placement's answer, if already asked;
+    `trackers`: study/trackers.py's names, checked."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -163,10 +166,19 @@ def build_tuner(
         ),
         resources,
     )
+    callbacks = [ResultsWriter(study, folder, experiment)] + ([] if verbose else [LiveView(study)])
+    if trackers:
+        from study.tracker_callbacks import tracker_callbacks
+
+        callbacks += tracker_callbacks(trackers, study, folder)
     if resume:
-        return tune.Tuner.restore(
+        tuner = tune.Tuner.restore(
             f"{experiment}/tune", trainable, resume_unfinished=True, resume_errored=False
         )
+        # A restored Tuner would run the callbacks pickled by the first run; this run's
+        # flags (--verbose, --tracker) decide them instead.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
     if study.space:
         # The space is Optuna's (define-by-run, conditional); Tune's stays empty.
         search_alg = optuna_search(
@@ -206,8 +218,7 @@ def build_tuner(
             name="tune",
             storage_path=experiment,
             verbose=2 if verbose else 0,
-            callbacks=[ResultsWriter(study, folder, experiment)]
-            + ([] if verbose else [LiveView(study)]),
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             # The latest two checkpoints: a trial whose latest fails to load (a truncated
             # file) resumes from the one before (trial.restore). Every new one also syncs the
@@ -225,12 +236,13 @@ def run_study(
     verbose: bool = False,
     trainer: type | None = None,
     storage: str | None = None,
+    trackers: Sequence[str] = (),
 ):
     """Run (or continue) the study on the Ray instance already initialised; return its tables.
 
     Tables, study.json and optuna.db go to RESULTS/NAME; Ray's experiment to STORAGE/NAME/tune
     (default RESULTS/NAME/tune). `trainer` replaces mtl.train.FoldTrainer (tests use
-    scripted stand-ins).
+    scripted stand-ins). `trackers`: "mlflow", "wandb" (study/trackers.py), one run per trial.
     """
     if not verbose:
         # Ray's newer console output ignores verbose=0; the legacy reporter honours it.
@@ -240,10 +252,10 @@ def run_study(
     folder = (results / study.name).resolve()
     placement = fold_placement(study)  # an impossible placement fails before any file
     with study_lock(folder):  # one driver per study folder
-        return _run_locked(study, folder, resume, verbose, trainer, storage, placement)
+        return _run_locked(study, folder, resume, verbose, trainer, storage, placement, trackers)
 
 
-def _run_locked(study, folder, resume, verbose, trainer, storage, placement):
+def _run_locked(study, folder, resume, verbose, trainer, storage, placement, trackers):
     resume = check_resumable(study, folder, resume)
     check_results_folder(folder)
     write_study_file(study, folder, resume)
@@ -252,7 +264,7 @@ def _run_locked(study, folder, resume, verbose, trainer, storage, placement):
     with graceful_stop() as received:
         build_tuner(
             study, folder, experiment, resume=resume, verbose=verbose, trainer=trainer,
-            placement=placement,
+            placement=placement, trackers=trackers,
         ).fit()  # fmt: skip
     # Written again here, from the experiment and the fold logs: a stopped Tune may end
     # without telling the callbacks about the trials it stopped.

@@ -1,0 +1,113 @@
+"""The Tune callbacks of the experiment trackers (study/trackers.py says what they log)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.tune.result import TRAINING_ITERATION
+
+from study.presets import StudyConfig
+from study.trackers import (
+    cv_metrics,
+    find_runs,
+    mlflow_target,
+    trial_params,
+    trial_tags,
+    wandb_mode,
+    wandb_project,
+)
+
+
+def tracker_callbacks(names: Sequence[str], study: StudyConfig, folder: Path) -> list:
+    """The Tune callbacks of the trackers NAMES (already checked by check_trackers)."""
+    factories = {"mlflow": StudyMLflowCallback, "wandb": StudyWandbCallback}
+    return [factories[name](study, folder) for name in names]
+
+
+class StudyMLflowCallback(MLflowLoggerCallback):
+    """One MLflow run per trial: active parameters, cv_* per epoch, study and trial tags."""
+
+    def __init__(self, study: StudyConfig, folder: Path):
+        uri, experiment, self.artifact_location = mlflow_target(study.name, folder)
+        super().__init__(tracking_uri=uri, experiment_name=experiment)
+        self.study_name, self.base = study.name, study.train
+
+    def setup(self, *args, **kwargs) -> None:
+        self.mlflow_util.setup_mlflow(
+            tracking_uri=self.tracking_uri,
+            experiment_name=self.experiment_name,
+            artifact_location=self.artifact_location,
+        )
+        self.tags = {}
+        self._trial_runs = {}
+
+    def log_trial_start(self, trial) -> None:
+        if trial in self._trial_runs:
+            return
+        client = self.mlflow_util._get_client()
+        tags = trial_tags(self.study_name, trial)
+        # A resumed driver continues the trial's run instead of starting a second one.
+        (run,) = find_runs(client, self.mlflow_util.experiment_id, tags) or [
+            client.create_run(self.mlflow_util.experiment_id, run_name=trial.trial_id, tags=tags)
+        ]
+        self._trial_runs[trial] = run.info.run_id
+        from mlflow.entities import Param
+
+        params = trial_params(self.base, trial.config)
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        from mlflow.entities import Metric
+
+        step, timestamp = int(result["epoch"]), int(result.get("timestamp", 0) * 1000)
+        metrics = [Metric(k, v, timestamp, step) for k, v in cv_metrics(result).items()]
+        self.mlflow_util._get_client().log_batch(self._trial_runs[trial], metrics=metrics)
+
+
+class StudyWandbCallback(WandbLoggerCallback):
+    """One W&B run per trial (run id = Tune trial id), grouped by study: active parameters
+    and trial ids in its config, cv_* per epoch."""
+
+    def __init__(self, study: StudyConfig, folder: Path):
+        self.mode = wandb_mode()
+        super().__init__(
+            project=wandb_project(),
+            group=study.name,
+            log_config=False,
+            dir=str(Path(folder).resolve()),
+            mode=self.mode,
+            tags=[study.name],
+        )
+        self.study_name, self.base = study.name, study.train
+
+    def setup(self, *args, **kwargs) -> None:
+        # Ray's setup insists on an API key unless WANDB_MODE says offline; the driver's own
+        # W&B (the study-level run) follows the same mode.
+        os.environ.setdefault("WANDB_MODE", self.mode)
+        super().setup(*args, **kwargs)
+
+    def log_trial_start(self, trial) -> None:
+        config = {**trial_params(self.base, trial.config), **trial_tags(self.study_name, trial)}
+        self._start_logging_actor(
+            trial,
+            [*self._exclude_results, *self.excludes, "config"],
+            id=trial.trial_id,
+            name=trial.trial_id,
+            resume="allow",  # a resumed driver continues the trial's run
+            allow_val_change=True,
+            group=self.group,
+            project=self.project,
+            config=config,
+            **self.kwargs,
+        )
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        # Only the cross-validated metrics; the epoch is the step.
+        epoch = int(result["epoch"])
+        super().log_trial_result(
+            iteration, trial, {**cv_metrics(result), "epoch": epoch, TRAINING_ITERATION: epoch}
+        )
