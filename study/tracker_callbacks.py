@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,22 @@ from study.trackers import (
     wandb_mode,
     wandb_project,
 )
+
+logger = logging.getLogger(__name__)
+
+
+def never_fatal(method):
+    """A tracker's failure during the study (a server gone away) is logged, not raised: the
+    study's own tables are the record, and Tune would end the study on a callback's error."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - any tracker error, by design
+            logger.warning("%s: %s failed: %s", type(self).__name__, method.__name__, error)
+
+    return guarded
 
 
 def tracker_callbacks(names: Sequence[str], study: StudyConfig, folder: Path) -> list:
@@ -45,6 +63,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         self.tags = {}
         self._trial_runs = {}
 
+    @never_fatal
     def log_trial_start(self, trial) -> None:
         if trial in self._trial_runs:
             return
@@ -60,12 +79,17 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         params = trial_params(self.base, trial.config)
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
+    @never_fatal
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         from mlflow.entities import Metric
 
         step, timestamp = int(result["epoch"]), int(result.get("timestamp", 0) * 1000)
         metrics = [Metric(k, v, timestamp, step) for k, v in cv_metrics(result).items()]
         self.mlflow_util._get_client().log_batch(self._trial_runs[trial], metrics=metrics)
+
+    @never_fatal
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        super().log_trial_end(trial, failed)
 
 
 class StudyWandbCallback(WandbLoggerCallback):

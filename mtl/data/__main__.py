@@ -3,6 +3,7 @@
     python -m mtl.data import-patches SRC --index CSV OUT
     python -m mtl.data import-specimens SRC --labels CSV OUT
     python -m mtl.data synth OUT --patients 60 --size 64 --seed 0
+    python -m mtl.data synth-i3a OUT --patients 5 [--patches]
     python -m mtl.data info STORE
 
 Exit status: 0 on success, 1 when the input or the output folder is wrong (every problem is
@@ -28,7 +29,7 @@ from mtl.data.grid import PatchGrid
 from mtl.data.importers import ORIGINAL_GRID as ORIGINAL
 from mtl.data.importers import ImportProblems, import_patches, import_specimens
 from mtl.data.store import PatchStore, open_store
-from mtl.data.synthetic import SynthSpec
+from mtl.data.synthetic import SynthSpec, write_i3a_layout
 from mtl.labels import INTENSITIES, PATTERNS
 
 
@@ -166,6 +167,34 @@ def _parser() -> argparse.ArgumentParser:
     _add_force(synth)
     synth.set_defaults(run=_synth)
 
+    layout = commands.add_parser(
+        "synth-i3a",
+        help="write synthetic images in the I3A task-2 layout, to try the importers",
+        description="Write synthetic specimens as the I3A task-2 distribution lays them out: "
+        "{patient:05d}_p{s}.tif (1388 x 1040, 8-bit grey) with {patient:05d}_p{s}_Mask.tif "
+        "(0/255), and the original headerless patch CSV i3a_task2_patches.csv; with "
+        "--patches also the pre-cut 384 x 384 patches. For trying import-specimens and "
+        "import-patches (docs/real-data.md) before the real images arrive.",
+    )
+    layout.add_argument("out", metavar="OUT", help="the folder to create (new or empty)")
+    layout.add_argument(
+        "--patients", type=int, default=5, metavar="N", help="patients (%(default)s)"
+    )
+    layout.add_argument(
+        "--specimens",
+        type=int,
+        default=defaults.specimens,
+        metavar="N",
+        help="specimen images per patient, 1-4 (%(default)s)",
+    )
+    layout.add_argument(
+        "--seed", type=int, default=defaults.seed, metavar="K", help="random seed (%(default)s)"
+    )
+    layout.add_argument(
+        "--patches", action="store_true", help="also write the 15 pre-cut patches of each"
+    )
+    layout.set_defaults(run=_synth_i3a)
+
     info = commands.add_parser(
         "info",
         help="print a store's counts by pattern, intensity, patient and fold",
@@ -252,6 +281,17 @@ def _synth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with _bar("generating", total=spec.num_patches) as advance:
         store = build_synthetic_store(args.out, spec, force=args.force, progress=advance)
     _done(store)
+    return 0
+
+
+def _synth_i3a(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        spec = SynthSpec(patients=args.patients, size=384, specimens=args.specimens, seed=args.seed)
+    except ValueError as error:
+        parser.error(str(error))
+    with _bar("writing specimens", total=spec.patients * spec.specimens) as advance:
+        index = write_i3a_layout(args.out, spec, patches=args.patches, progress=advance)
+    print(f"{args.out}: {spec.patients * spec.specimens} specimens, patch index {index}")
     return 0
 
 

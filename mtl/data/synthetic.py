@@ -16,8 +16,10 @@ so the class balance is the real one and the `seed` folds apply to synthetic dat
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -86,6 +88,22 @@ def choose_patients(count: int, seed: int) -> pd.DataFrame:
 def generate(spec: SynthSpec) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
     """Yield (index row, image, mask) for every patch, patient by patient, deterministically."""
     grid = spec.grid
+    for row, specimen, image, mask in generate_specimens(spec):
+        for k in range(len(grid)):
+            record = {
+                "patch_id": f"{row.patient:05d}_p{specimen}_patch{k}",
+                "patient": int(row.patient),
+                "specimen": specimen,
+                "patch": k,
+                "pattern": row.pattern,
+                "intensity": row.intensity,
+            }
+            yield record, grid.cut(image, k).copy(), grid.cut(mask, k).copy()
+
+
+def generate_specimens(spec: SynthSpec) -> Iterator[tuple[object, int, np.ndarray, np.ndarray]]:
+    """Yield (patient row, specimen number, image, 0/1 mask) for every specimen image."""
+    grid = spec.grid
     for row in choose_patients(spec.patients, spec.seed).itertuples(index=False):
         # One generator per patient: patients do not depend on how many come before them.
         rng = np.random.default_rng([spec.seed, int(row.patient)])
@@ -93,16 +111,46 @@ def generate(spec: SynthSpec) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
         for specimen in range(spec.specimens):
             gain = style.gain * rng.uniform(*SPECIMEN_GAIN)
             image, mask = render_specimen(rng, replace(style, gain=gain), grid.height, grid.width)
-            for k in range(len(grid)):
-                record = {
-                    "patch_id": f"{row.patient:05d}_p{specimen}_patch{k}",
-                    "patient": int(row.patient),
-                    "specimen": specimen,
-                    "patch": k,
-                    "pattern": row.pattern,
-                    "intensity": row.intensity,
-                }
-                yield record, grid.cut(image, k).copy(), grid.cut(mask, k).copy()
+            yield row, specimen, image, mask
+
+
+I3A_INDEX = "i3a_task2_patches.csv"
+
+
+def write_i3a_layout(
+    out: str | os.PathLike, spec: SynthSpec, *, patches: bool = False, progress=None
+) -> Path:
+    """Synthetic specimens in the I3A task-2 layout, to try the importers before the real data
+    arrives: `{patient:05d}_p{s}.tif` (8-bit grey, the grid's size: 1388 x 1040 at 384 px)
+    with `_Mask.tif` (0/255), and the original headerless patch CSV (patterns with their
+    trailing space) as OUT/i3a_task2_patches.csv; with `patches`, also the pre-cut
+    `{patient:05d}_p{s}_patch{k}.tif` and their masks. `progress(n)` per specimen. Returns
+    the CSV's path. OUT must not exist or be empty."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    grid, lines = spec.grid, []
+
+    def write(name: str, array: np.ndarray) -> None:
+        if not cv2.imwrite(str(out / name), array):
+            raise OSError(f"cannot write {out / name}")
+
+    for row, specimen, image, mask in generate_specimens(spec):
+        stem = f"{row.patient:05d}_p{specimen}"
+        write(f"{stem}.tif", image)
+        write(f"{stem}_Mask.tif", mask * 255)
+        for k in range(len(grid)):
+            name = f"{stem}_patch{k}"
+            lines.append(f"{name}.tif,{name}_Mask.tif,{row.pattern} ,{row.intensity}\n")
+            if patches:
+                write(f"{name}.tif", grid.cut(image, k))
+                write(f"{name}_Mask.tif", grid.cut(mask, k) * 255)
+        if progress is not None:
+            progress(1)
+    index = out / I3A_INDEX
+    index.write_text("".join(lines))
+    return index
 
 
 @dataclass(frozen=True)

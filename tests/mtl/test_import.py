@@ -516,3 +516,30 @@ def test_every_command_has_help_and_usage_errors_exit_2(capsys):
         main(["import-patches", "src", "out"])  # no --index
     assert usage.value.code == 2
     assert "--index" in capsys.readouterr().err
+
+
+def test_the_i3a_look_alike_has_the_real_layout_and_imports_to_the_synthetic_patches(tmp_path):
+    src = tmp_path / "i3a"
+    assert main(["synth-i3a", str(src), "--patients", "1", "--specimens", "1", "--patches"]) == 0
+    (specimen,) = sorted(src.glob("?????_p0.tif"))
+    image, mask = read_grey(specimen), read_grey(specimen.with_name(f"{specimen.stem}_Mask.tif"))
+    assert image.shape == mask.shape == (1040, 1388) and set(np.unique(mask)) == {0, 255}
+    lines = (src / "i3a_task2_patches.csv").read_text().splitlines()
+    name = f"{specimen.stem}_patch0"
+    line = rf"{name}\.tif,{name}_Mask\.tif,[a-z]+ ,(intermediate|positive)"  # trailing space
+    assert len(lines) == 15 and re.fullmatch(line, lines[0])
+    assert len(list(src.glob("*_patch*_Mask.tif"))) == 15
+
+    # Imported either way, the patches are those the synthetic store cuts from the same specimen.
+    expected = build_synthetic_store(
+        tmp_path / "synth", SynthSpec(patients=1, specimens=1, size=384)
+    )
+    csv = src / "i3a_task2_patches.csv"
+    for command, flag in (("import-specimens", "--labels"), ("import-patches", "--index")):
+        out = tmp_path / command
+        assert main([command, str(src), flag, str(csv), str(out)]) == 0
+        store = open_store(out)
+        assert store.index.patch_id.tolist() == expected.index.patch_id.tolist()
+        assert (store.images[:] == expected.images[:]).all()
+        assert (store.masks[:] == expected.masks[:]).all()
+    assert main(["synth-i3a", str(src)]) == 1  # an existing, non-empty folder is never touched

@@ -143,3 +143,19 @@ def test_a_study_with_both_trackers(ray_local, tmp_path, monkeypatch):
     assert runs == sorted([*trials.index, "study"])
     for run in (folder / "wandb").glob("offline-run-*"):
         assert next(run.glob("run-*.wandb")).stat().st_size > 0
+
+
+def test_a_tracker_failing_during_the_study_is_logged_not_raised(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    callback = StudyMLflowCallback(two_balancers(), tmp_path)
+    callback.setup()
+    trial = FakeTrial("abc_00000", {"balancer": "equal"})
+    callback.log_trial_start(trial)
+
+    def gone(*args, **kwargs):
+        raise ConnectionError("tracking server gone")
+
+    monkeypatch.setattr(callback.mlflow_util, "_get_client", gone)
+    callback.log_trial_result(1, trial, {"epoch": 1, "cv_score": 0.5})
+    callback.log_trial_end(trial)
+    assert "log_trial_result failed: tracking server gone" in caplog.text
