@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from study.results import OPTUNA_TRIAL, train_overrides
 # name -> (the module it imports, the extra that installs it)
 TRACKERS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
 STUDY_RUN_TAG = "hep2.run"  # "trial" or "study"
+logger = logging.getLogger(__name__)
 
 
 def check_trackers(names: Iterable[str]) -> tuple[str, ...]:
@@ -78,7 +80,10 @@ def log_study(names: Sequence[str], study: str, folder: Path, files: Iterable[Pa
     files = {Path(folder) / "stats.csv", *map(Path, files)}
     files = sorted(f for f in files if f.is_file())
     for name in names:
-        {"mlflow": _mlflow_study_run, "wandb": _wandb_study_run}[name](study, folder, files)
+        try:
+            {"mlflow": _mlflow_study_run, "wandb": _wandb_study_run}[name](study, folder, files)
+        except Exception as error:  # noqa: BLE001 - the study is done and in its folder
+            logger.warning("%s: the study run was not logged: %s", name, error)
 
 
 # --- MLflow ---------------------------------------------------------------------------------
