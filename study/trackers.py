@@ -148,10 +148,12 @@ def wandb_mode() -> str:
         return "online"
     import wandb
 
-    try:  # as Ray's own callback asks
+    try:  # credentials from `wandb login` (netrc), without prompting or a network call
+        return "online" if wandb.login(prompt=False, verify=False) else "offline"
+    except TypeError:  # an older wandb, whose login has no `prompt`
         wandb.ensure_configured()
         return "online" if wandb.api.api_key else "offline"
-    except AttributeError:
+    except Exception:  # noqa: BLE001 - no usable login: offline, as documented
         return "offline"
 
 

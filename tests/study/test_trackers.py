@@ -16,7 +16,7 @@ from study.presets import get_preset
 from study.record import study_record
 from study.run import main
 from study.tracker_callbacks import StudyMLflowCallback, StudyWandbCallback
-from study.trackers import check_trackers, trial_params
+from study.trackers import check_trackers, trial_params, wandb_mode
 
 
 @dataclasses.dataclass(eq=False)  # hashed by identity, as Tune's trials are
@@ -105,6 +105,17 @@ def test_wandb_callback_gives_each_trial_its_active_parameters_and_cv_metrics(
     callback.log_trial_result(2, trial, {"epoch": 2, "cv_score": 0.5, "loss": 1.0, "node_ip": "x"})
     ((_, logged),) = queued
     assert logged == {"cv_score": 0.5, "epoch": 2, "training_iteration": 2}
+
+
+def test_wandb_is_offline_unless_logged_in_or_told(tmp_path, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "NETRC", "WANDB_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no wandb settings
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"
 
 
 @pytest.mark.slow
