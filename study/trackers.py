@@ -23,7 +23,9 @@ is logged in (`wandb login` or WANDB_API_KEY), or WANDB_MODE says otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import importlib.util
 import logging
 import os
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 def check_trackers(names: Iterable[str]) -> tuple[str, ...]:
     """The tracker names, each known and importable; otherwise a ValueError that says how to
     install it, before any data or Ray."""
+    names = (names,) if isinstance(names, str) else names
     names = tuple(dict.fromkeys(names))  # in order, once each
     for name in names:
         if name not in TRACKERS:
@@ -62,8 +65,18 @@ def trial_params(base: TrainConfig, config: Mapping) -> dict:
     return {k: v for k, v in params.items() if is_active(k, params["balancer"])}
 
 
-def trial_tags(study: str, trial) -> dict[str, str]:
-    tags = {"study": study, "tune_trial_id": trial.trial_id, STUDY_RUN_TAG: "trial"}
+def study_key(folder: str | os.PathLike) -> str:
+    """A short id of the study folder: runs are matched by it (not by the study's name, which
+    two folders can share and which may hold characters a filter or a W&B id refuses)."""
+    return hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:10]
+
+
+def study_tags(study: str, folder: str | os.PathLike, level: str) -> dict[str, str]:
+    return {"study": study, "study_key": study_key(folder), STUDY_RUN_TAG: level}
+
+
+def trial_tags(study: str, folder: str | os.PathLike, trial) -> dict[str, str]:
+    tags = {**study_tags(study, folder, "trial"), "tune_trial_id": trial.trial_id}
     if trial.config.get(OPTUNA_TRIAL) is not None:
         tags[OPTUNA_TRIAL] = str(trial.config[OPTUNA_TRIAL])
     return tags
@@ -100,25 +113,36 @@ def mlflow_target(study: str, folder: Path) -> tuple[str, str, str | None]:
 
 
 def find_runs(client, experiment_id: str, tags: Mapping[str, str]) -> list:
-    """The MLflow run (at most one) with these study, trial and level tags."""
-    keys = ("study", "tune_trial_id", STUDY_RUN_TAG)
+    """The MLflow run (at most one) with these study key, trial and level tags (values of
+    hex digits and underscores only: nothing to quote in the filter)."""
+    keys = ("study_key", "tune_trial_id", STUDY_RUN_TAG)
     where = " and ".join(f"tags.`{k}` = '{tags[k]}'" for k in keys if k in tags)
     return client.search_runs([experiment_id], filter_string=where, max_results=1)
+
+
+def mlflow_experiment(client, study: str, folder: Path) -> str:
+    """The experiment's id, resolved as Ray's callback does (MLFLOW_EXPERIMENT_ID first), so
+    that the study run lands beside its trials."""
+    from mlflow.exceptions import MlflowException
+
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        with contextlib.suppress(MlflowException):
+            return client.get_experiment(os.environ["MLFLOW_EXPERIMENT_ID"]).experiment_id
+    _, name, artifact_location = mlflow_target(study, folder)
+    experiment = client.get_experiment_by_name(name)
+    if experiment:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
 
 
 def _mlflow_study_run(study: str, folder: Path, files: list[Path]) -> None:
     import mlflow
     import pandas as pd
 
-    uri, name, artifact_location = mlflow_target(study, folder)
+    uri, _, _ = mlflow_target(study, folder)
     client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment
-        else client.create_experiment(name, artifact_location=artifact_location)
-    )
-    tags = {"study": study, STUDY_RUN_TAG: "study"}
+    experiment_id = mlflow_experiment(client, study, folder)
+    tags = study_tags(study, folder, "study")
     (run,) = find_runs(client, experiment_id, tags) or [
         client.create_run(experiment_id, run_name=f"{study} (study)", tags=tags)
     ]
@@ -127,7 +151,7 @@ def _mlflow_study_run(study: str, folder: Path, files: list[Path]) -> None:
     # Each trial run says how the trial ended (ASHA's pruned trials end as FINISHED runs).
     trials = pd.read_parquet(Path(folder) / "trials.parquet", columns=["trial_id", "status"])
     for row in trials.itertuples():
-        trial = {"study": study, "tune_trial_id": row.trial_id}
+        trial = {"study_key": tags["study_key"], "tune_trial_id": row.trial_id}
         for trial_run in find_runs(client, experiment_id, trial):
             client.set_tag(trial_run.info.run_id, "status", row.status)
     client.set_terminated(run.info.run_id)
@@ -138,6 +162,15 @@ def _mlflow_study_run(study: str, folder: Path, files: list[Path]) -> None:
 
 def wandb_project() -> str:
     return os.environ.get("WANDB_PROJECT") or "hep2-mtl"
+
+
+def wandb_run_id(folder: str | os.PathLike, name: str) -> str:
+    """A W&B run id unique to the study folder (W&B ids refuse :;,#?' and more)."""
+    return f"{study_key(folder)}-{name}"
+
+
+def wandb_tags(study: str) -> list[str]:
+    return [study[:64]]  # W&B's limit for a tag
 
 
 def wandb_mode() -> str:
@@ -166,11 +199,12 @@ def _wandb_study_run(study: str, folder: Path, files: list[Path]) -> None:
         group=study,
         job_type="study",
         name=f"{study} (study)",
-        id=f"{study}-study",
+        id=wandb_run_id(folder, "study"),
         resume="allow",
         dir=str(Path(folder).resolve()),
         mode=wandb_mode(),
-        tags=[study],
+        tags=wandb_tags(study),
+        config=study_tags(study, folder, "study"),
     )
     try:
         report = wandb.Artifact(f"{study}-report", type="report")

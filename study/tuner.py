@@ -166,19 +166,20 @@ def build_tuner(
         ),
         resources,
     )
+    # The tracker callbacks are not given to the Tuner: it pickles its callbacks into
+    # tuner.pkl, and a study resumed without --tracker (or without the package) would then
+    # need them. They are set on the Tuner afterwards, as on a restored one (_set_callbacks).
     callbacks = [ResultsWriter(study, folder, experiment)] + ([] if verbose else [LiveView(study)])
+    this_run = callbacks
     if trackers:
         from study.tracker_callbacks import tracker_callbacks
 
-        callbacks += tracker_callbacks(trackers, study, folder)
+        this_run = callbacks + tracker_callbacks(trackers, study, folder)
     if resume:
         tuner = tune.Tuner.restore(
             f"{experiment}/tune", trainable, resume_unfinished=True, resume_errored=False
         )
-        # A restored Tuner would run the callbacks pickled by the first run; this run's
-        # flags (--verbose, --tracker) decide them instead.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-        return tuner
+        return _set_callbacks(tuner, this_run)
     if study.space:
         # The space is Optuna's (define-by-run, conditional); Tune's stays empty.
         search_alg = optuna_search(
@@ -199,7 +200,7 @@ def build_tuner(
         if study.scheduler == "asha"
         else None
     )
-    return tune.Tuner(
+    tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -226,6 +227,14 @@ def build_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
+    return _set_callbacks(tuner, this_run)
+
+
+def _set_callbacks(tuner, callbacks: list):
+    """The Tuner with this run's callbacks: a restored one would otherwise run those pickled by
+    the first run, and trackers are this run's choice (--tracker)."""
+    tuner._local_tuner.get_run_config().callbacks = callbacks
+    return tuner
 
 
 def run_study(

@@ -3,8 +3,8 @@
 - Blocks marked `<!-- docs-test: run -->` are run, page by page, in order, in a new folder.
 - Every other command of this project (`python -m mtl.*|study.*`, `hep2-*`, `python
   bench/*.py`, `python examples/*.py`, also inside `ray exec "..."` or after `ray job submit
-  --`) is parsed by its own program's argument parser, stopping there: a renamed command,
-  option or choice fails here, naming the page and line.
+  --`, and inline ones with arguments) is parsed by its own program's argument parser,
+  stopping there: a renamed command, option or choice fails here, naming the page and line.
 - `make` targets, `bash` scripts and `pip install -e '.[extra]'` extras must exist.
 - Commands of other tools (ray, aws, mlflow, wandb, ...) are not checked.
 """
@@ -34,6 +34,8 @@ RUN_MARK = "<!-- docs-test: run -->"
 SHELLS = {"bash", "sh", "shell", "console"}
 OURS = re.compile(r"^(mtl|study)(\.|$)")
 SEPARATORS = {"&&", "||", "|", ";"}
+INLINE = re.compile(r"`((?:python -m [\w.]+|hep2-[\w-]+) [^`]+)`")
+PYTHON = re.compile(r"(^|/)python(3(\.\d+)?)?$")  # python, python3.11, .venv/bin/python
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ class Command:
 
 
 def commands(page: Path) -> list[Command]:
-    """The shell commands of a page's bash blocks (continued lines joined)."""
+    """The shell commands of a page's bash blocks (continued lines joined), and its inline
+    ones that have arguments."""
     found, fence, run, marked, pending = [], None, False, False, None
     for number, line in enumerate(page.read_text().splitlines(), 1):
         stripped = line.strip()
@@ -57,9 +60,14 @@ def commands(page: Path) -> list[Command]:
                 fence, run = stripped[3:].strip(), marked
             elif stripped:
                 marked = stripped == RUN_MARK
+            # Inline commands with arguments too (`python -m study.results rebuild DIR`).
+            for inline in INLINE.findall(line):
+                found.append(Command(page, number, inline, run=False))
             continue
         if stripped.startswith("```"):
-            fence, marked = None, False
+            if pending:  # a block's last line ends in a backslash: the command ends here
+                found.append(Command(page, pending[0], pending[1], run))
+            fence, marked, pending = None, False, None
             continue
         if fence not in SHELLS or not stripped:
             continue
@@ -75,37 +83,55 @@ def commands(page: Path) -> list[Command]:
 ALL = [c for page in PAGES for c in commands(page)]
 
 
-def invocations(tokens: list[str]) -> list[list[str]]:
-    """This project's programs called in `tokens`: each as [kind, target, *args]."""
-    found = []
-    for i, token in enumerate(tokens):
-        if " " in token and ("python" in token or "hep2-" in token):  # a quoted command
-            found += invocations(shlex.split(token, comments=True))
-            continue
+def segments(tokens: list[str]) -> list[list[str]]:
+    """The tokens of a command line, split at the shell's separators (`&&`, `|`, ...)."""
+    parts = [[]]
+    for token in tokens:
         if token in SEPARATORS:
-            continue
-        args = tokens[i + 1 :]
-        args = args[: next((j for j, t in enumerate(args) if t in SEPARATORS), len(args))]
-        if token in ("python", "python3") and args[:1] == ["-m"] and OURS.match(args[1]):
-            found.append(["module", args[1], *args[2:]])
-        elif token in ("python", "python3") and args and args[0].endswith(".py"):
-            found.append(["script", args[0], *args[1:]])
-        elif token.startswith("hep2-"):
-            found.append(["script_entry", token, *args])
+            parts.append([])
+        else:
+            parts[-1].append(token)
+    return [part for part in parts if part]
+
+
+def invocations(tokens: list[str]) -> list[list[str]]:
+    """This project's programs called in `tokens`: each as [kind, target, *args]. Found also
+    inside a quoted argument (`ray exec "python -m ..."`) and after other words (`ray job
+    submit -- python -m ...`); the program's own arguments are not searched further."""
+    found = []
+    for segment in segments(tokens):
+        for i, token in enumerate(segment):
+            args = segment[i + 1 :]
+            if " " in token and ("python" in token or "hep2-" in token):  # a quoted command
+                found += invocations(shlex.split(token, comments=True))
+            elif PYTHON.search(token) and args[:1] == ["-m"] and len(args) > 1:
+                if OURS.match(args[1]):
+                    found.append(["module", args[1], *args[2:]])
+                break
+            elif PYTHON.search(token) and args and args[0].endswith(".py"):
+                found.append(["script", args[0], *args[1:]])
+                break
+            elif token.startswith("hep2-"):
+                found.append(["script_entry", token, *args])
+                break
     return found
 
 
-def expand_synopsis(tokens: list[str]) -> list[list[str]]:
+def expand_synopsis(invocation: list[str]) -> list[list[str]]:
     """A synopsis (`[--level patch|image] [--set k=v ...]`) as commands: brackets and `...`
-    dropped, one command per alternative of the `a|b|c` words (each choice is checked)."""
-    words = [t.strip("[]") for t in tokens if t.strip("[]") not in ("", "...")]
-    choices = [w.split("|") if "|" in w and " " not in w else [w] for w in words]
+    dropped, one command per alternative of the `a|b|c` words (each choice is checked).
+    Anything else is itself."""
+    if not any(t.startswith("[") or t.endswith("]") or t == "..." for t in invocation):
+        return [invocation]
+    words = [t.strip("[]") for t in invocation if t.strip("[]") not in ("", "...")]
+    choices = [w.split("|") if "|" in w else [w] for w in words]
     count = max(len(c) for c in choices)
     return [[c[min(i, len(c) - 1)] for c in choices] for i in range(count)]
 
 
-class Parsed(Exception):
-    """Raised right after a program's arguments parsed: nothing of it runs."""
+class Parsed(BaseException):
+    """Raised right after a program's arguments parsed: nothing of it runs. Not an Exception,
+    so that no `except Exception` of the program catches it."""
 
 
 def parse_only(monkeypatch, invocation: list[str]) -> None:
@@ -151,16 +177,19 @@ def test_documented_command_parses(command, monkeypatch, capsys):
         for target in tokens[1:]:
             assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"{command}: {target}"
         return
-    if tokens[:1] == ["bash"] and tokens[1].endswith(".sh"):
+    if not tokens:  # a comment
+        return
+    if tokens[:1] == ["bash"] and len(tokens) > 1 and tokens[1].endswith(".sh"):
         assert subprocess.run(["bash", "-n", str(ROOT / tokens[1])]).returncode == 0, command
         return
     if tokens[:3] == ["pip", "install", "-e"]:
-        extras = re.fullmatch(r"\.\[([\w,]+)\]", tokens[3])
+        extras = re.fullmatch(r"\.(\[([\w,]+)\])?", tokens[3])
+        assert extras, f"{command}: {tokens[3]} is not this project (.) or its extras (.[x])"
         declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-        for extra in extras.group(1).split(",") if extras else []:
+        for extra in extras.group(2).split(",") if extras.group(2) else []:
             assert extra in declared["optional-dependencies"], f"{command}: no extra {extra}"
         return
-    for invocation in [i for t in expand_synopsis(tokens) for i in invocations(t)]:
+    for invocation in [v for i in invocations(tokens) for v in expand_synopsis(i)]:
         try:
             parse_only(monkeypatch, invocation)
         except (AssertionError, pytest.fail.Exception) as error:

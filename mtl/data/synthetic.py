@@ -17,6 +17,7 @@ so the class balance is the real one and the `seed` folds apply to synthetic dat
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -130,6 +131,14 @@ def write_i3a_layout(
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_i3a_layout(out, spec, patches, progress)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # never a half-written folder
+        raise
+
+
+def _write_i3a_layout(out: Path, spec: SynthSpec, patches: bool, progress) -> Path:
     grid, lines = spec.grid, []
 
     def write(name: str, array: np.ndarray) -> None:

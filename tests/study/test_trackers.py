@@ -16,7 +16,7 @@ from study.presets import get_preset
 from study.record import study_record
 from study.run import main
 from study.tracker_callbacks import StudyMLflowCallback, StudyWandbCallback
-from study.trackers import check_trackers, trial_params, wandb_mode
+from study.trackers import check_trackers, trial_params, wandb_mode, wandb_run_id
 
 
 @dataclasses.dataclass(eq=False)  # hashed by identity, as Tune's trials are
@@ -25,11 +25,11 @@ class FakeTrial:
     config: dict
 
 
-def two_balancers():
+def two_balancers(name: str = "tracked"):
     """The smoke study with an equal and a GradNorm configuration (alpha varies with them)."""
     return dataclasses.replace(
         get_preset("smoke"),
-        name="tracked",
+        name=name,
         configurations=({"balancer": "equal"}, {"balancer": "gradnorm", "alpha": 1.5}),
     )
 
@@ -60,7 +60,8 @@ def test_a_tracker_without_its_package_fails_at_once_with_the_install_command(
 
 def test_mlflow_callback_one_run_per_trial_even_across_a_resumed_driver(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    study = two_balancers()
+    name = 'o\'brien: "tracked", 1 of 2'  # quotes and all: runs are found by the folder's key
+    study = two_balancers(name)
     trial = FakeTrial("abc_00000", {"balancer": "equal", "alpha": 1.5, "optuna_trial": 0})
     for epochs in ([1, 2], [3]):  # the second callback: a new driver resuming the trial
         callback = StudyMLflowCallback(study, tmp_path)
@@ -70,11 +71,14 @@ def test_mlflow_callback_one_run_per_trial_even_across_a_resumed_driver(tmp_path
             result = {"epoch": epoch, "cv_score": epoch / 10, "cv_dice": 0.5, "loss": 9.0}
             callback.log_trial_result(epoch, trial, result)
         callback.log_trial_end(trial)
+        assert not getattr(callback, "failed", False)
+    callback.log_trial_end(FakeTrial("never_started", {}))  # as Tune may: nothing happens
+    assert not getattr(callback, "failed", False)
 
-    runs = mlflow.search_runs(experiment_names=["tracked"])
+    runs = mlflow.search_runs(experiment_names=[name])
     assert len(runs) == 1
     run = runs.iloc[0]
-    assert run["tags.study"] == "tracked" and run["tags.tune_trial_id"] == "abc_00000"
+    assert run["tags.study"] == name and run["tags.tune_trial_id"] == "abc_00000"
     assert run["tags.optuna_trial"] == "0" and run["params.balancer"] == "equal"
     assert "params.alpha" not in runs and "params.balancer_lr" not in runs
     assert "metrics.loss" not in runs and run["metrics.cv_score"] == 0.3
@@ -94,7 +98,7 @@ def test_wandb_callback_gives_each_trial_its_active_parameters_and_cv_metrics(
     )
     trial = FakeTrial("abc_00001", {"balancer": "gradnorm", "alpha": 1.5, "optuna_trial": 4})
     callback.log_trial_start(trial)
-    assert started["id"] == "abc_00001" and started["group"] == "tracked"
+    assert started["id"] == wandb_run_id(tmp_path, "abc_00001") and started["group"] == "tracked"
     assert started["mode"] == "offline" and started["dir"] == str(tmp_path.resolve())
     config = started["config"]
     assert config["alpha"] == 1.5 and config["balancer"] == "gradnorm"
@@ -105,6 +109,14 @@ def test_wandb_callback_gives_each_trial_its_active_parameters_and_cv_metrics(
     callback.log_trial_result(2, trial, {"epoch": 2, "cv_score": 0.5, "loss": 1.0, "node_ip": "x"})
     ((_, logged),) = queued
     assert logged == {"cv_score": 0.5, "epoch": 2, "training_iteration": 2}
+
+    # A signal ends the study without log_trial_end: the running trial's run is told to end.
+    callback._trial_logging_futures[trial] = object()
+    monkeypatch.setattr(callback, "_cleanup_logging_actors", lambda **kw: queued.append(kw))
+    callback.on_experiment_end([trial])
+    assert queued[1][0].name == "END" and queued[2] == {"timeout": 300, "kill_on_timeout": True}
+    callback.log_trial_end(FakeTrial("never_started", {}))
+    assert not getattr(callback, "failed", False)
 
 
 def test_wandb_is_offline_unless_logged_in_or_told(tmp_path, monkeypatch):
@@ -129,6 +141,8 @@ def test_a_study_with_both_trackers(ray_local, tmp_path, monkeypatch):
     assert main([*argv, "--tracker", "mlflow", "--tracker", "wandb"]) == 0
     folder = tmp_path / "results" / "tracked"
     trials = pd.read_parquet(folder / "trials.parquet").set_index("trial_id")
+    # Tune's pickled Tuner holds no tracker: resuming without --tracker needs no package.
+    assert b"tracker_callbacks" not in (folder / "tune" / "tuner.pkl").read_bytes()
 
     # MLflow: one run per trial with the right parameters and final metrics, and the study's.
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
@@ -156,17 +170,24 @@ def test_a_study_with_both_trackers(ray_local, tmp_path, monkeypatch):
         assert next(run.glob("run-*.wandb")).stat().st_size > 0
 
 
-def test_a_tracker_failing_during_the_study_is_logged_not_raised(tmp_path, monkeypatch, caplog):
+def test_a_tracker_failing_during_the_study_is_switched_off_not_raised(
+    tmp_path, monkeypatch, caplog
+):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     callback = StudyMLflowCallback(two_balancers(), tmp_path)
     callback.setup()
     trial = FakeTrial("abc_00000", {"balancer": "equal"})
     callback.log_trial_start(trial)
+    calls = []
 
     def gone(*args, **kwargs):
+        calls.append(1)
         raise ConnectionError("tracking server gone")
 
     monkeypatch.setattr(callback.mlflow_util, "_get_client", gone)
     callback.log_trial_result(1, trial, {"epoch": 1, "cv_score": 0.5})
+    callback.log_trial_result(2, trial, {"epoch": 2, "cv_score": 0.6})
     callback.log_trial_end(trial)
-    assert "log_trial_result failed: tracking server gone" in caplog.text
+    assert len(calls) == 1  # one failure, then the tracker is off: no more retries
+    assert "log_trial_result failed, so this tracker is off" in caplog.text
+    assert "tracking server gone" in caplog.text
