@@ -117,6 +117,10 @@ def test_wandb_callback_gives_each_trial_its_active_parameters_and_cv_metrics(
     assert queued[1][0].name == "END" and queued[2] == {"timeout": 300, "kill_on_timeout": True}
     callback.log_trial_end(FakeTrial("never_started", {}))
     assert not getattr(callback, "failed", False)
+    # Ray's __del__ would wait on these stand-ins when the callback is collected.
+    for fakes in (callback._trial_logging_actors, callback._trial_logging_futures):
+        fakes.clear()
+    callback._trial_queues.clear()
 
 
 def test_wandb_is_offline_unless_logged_in_or_told(tmp_path, monkeypatch):
