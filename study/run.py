@@ -227,6 +227,8 @@ def run_and_report(
 
     started_here = not ray.is_initialized()
     try:
+        # Before Ray starts: a bad folder costs no start-up (run_study checks again, for
+        # callers that start Ray themselves).
         check_results_folder(results / study.name)
         if started_here:
             connect(args.address, args.cpus, args.verbose)

@@ -143,26 +143,9 @@ def _parser() -> argparse.ArgumentParser:
         "the patch size, into a new store. Deterministic for a given seed.",
     )
     synth.add_argument("out", metavar="OUT", help="the store folder to create")
-    defaults = SynthSpec()
+    _add_synthetic_options(synth, patients=SynthSpec().patients)
     synth.add_argument(
-        "--patients",
-        type=int,
-        default=defaults.patients,
-        metavar="N",
-        help="patients (%(default)s)",
-    )
-    synth.add_argument(
-        "--size", type=int, default=defaults.size, metavar="PX", help="patch side (%(default)s)"
-    )
-    synth.add_argument(
-        "--seed", type=int, default=defaults.seed, metavar="K", help="random seed (%(default)s)"
-    )
-    synth.add_argument(
-        "--specimens",
-        type=int,
-        default=defaults.specimens,
-        metavar="N",
-        help="specimen images per patient, 1-4 (%(default)s)",
+        "--size", type=int, default=SynthSpec().size, metavar="PX", help="patch side (%(default)s)"
     )
     _add_force(synth)
     synth.set_defaults(run=_synth)
@@ -177,19 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         "import-patches (docs/real-data.md) before the real images arrive.",
     )
     layout.add_argument("out", metavar="OUT", help="the folder to create (new or empty)")
-    layout.add_argument(
-        "--patients", type=int, default=5, metavar="N", help="patients (%(default)s)"
-    )
-    layout.add_argument(
-        "--specimens",
-        type=int,
-        default=defaults.specimens,
-        metavar="N",
-        help="specimen images per patient, 1-4 (%(default)s)",
-    )
-    layout.add_argument(
-        "--seed", type=int, default=defaults.seed, metavar="K", help="random seed (%(default)s)"
-    )
+    _add_synthetic_options(layout, patients=5)
     layout.add_argument(
         "--patches", action="store_true", help="also write the 15 pre-cut patches of each"
     )
@@ -269,6 +240,24 @@ def _import_specimens(args: argparse.Namespace, parser: argparse.ArgumentParser)
         )
     _done(store)
     return 0
+
+
+def _add_synthetic_options(parser: argparse.ArgumentParser, patients: int) -> None:
+    """--patients, --seed and --specimens of the synthetic generator (SynthSpec)."""
+    defaults = SynthSpec()
+    parser.add_argument(
+        "--patients", type=int, default=patients, metavar="N", help="patients (%(default)s)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, metavar="K", help="random seed (%(default)s)"
+    )
+    parser.add_argument(
+        "--specimens",
+        type=int,
+        default=defaults.specimens,
+        metavar="N",
+        help="specimen images per patient, 1-4 (%(default)s)",
+    )
 
 
 def _synth(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
