@@ -65,6 +65,7 @@ class ReplayTrainer:
     """FoldTrainer's interface, replaying a grid's recorded validation metrics."""
 
     curves: dict = {}  # curve_key -> list of per-epoch SplitMetrics
+    device = "cpu"
 
     def __init__(self, config, fold):
         self.key = curve_key(config.seg_loss, config.balancer, config.alpha, fold)

@@ -83,6 +83,9 @@ _PUBLIC = {
     "resolve_device": "mtl.trainer",
     "EPOCH_DEPENDENT_SCHEDULES": "mtl.trainer",
     "train_fold": "mtl.train",
+    # memory: a fold's state counted, a training step's GPU peak measured
+    "state_bytes": "mtl.memory",
+    "measure_step_memory": "mtl.memory",
     # model, losses, balancers (for the benches)
     "MultiTaskUNet": "mtl.model",
     "MultiTaskOutput": "mtl.model",
@@ -141,6 +144,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
     from mtl.evaluate import bootstrap, load_models, patient_sums
     from mtl.labels import INTENSITIES, PATTERNS
     from mtl.losses import task_losses
+    from mtl.memory import measure_step_memory, state_bytes
     from mtl.metrics import RunningSums
     from mtl.model import MultiTaskOutput, MultiTaskUNet
     from mtl.predict import MODEL_FORMAT

@@ -5,7 +5,7 @@ config, fold)`, or `open_trainer(config, fold, checkpoint)` to continue a checkp
 one epoch at a time (`run_epoch() -> EpochMetrics`), and saves and restores its whole state
 (`state_dict()`, `load_state_dict()`). `train_epochs` is the one loop over epochs, with
 checkpoints and a per-epoch callback: `python -m mtl.train`, the study's fold workers and the
-benches all train through it. Test doubles implement the same four members.
+benches all train through it. Test doubles implement the same five members.
 
 `FoldTrainer` holds the fold's whole state (model, the network's optimizer, the balancer
 with its own optimizer and L(0), the RNG state, the epoch); its checkpoint is read back with
@@ -138,6 +138,7 @@ class Trainer(Protocol):
     """What `study`, the CLI and the benches need of a fold's trainer (see the module doc)."""
 
     epoch: int  # epochs completed
+    device: torch.device | str  # where it trains (a fold's rows name the device)
 
     def run_epoch(self, progress: Callable[[int], None] | None = None) -> EpochMetrics: ...
 

@@ -11,9 +11,14 @@ The automatic rule, for k folds per trial on a GPU node with G GPUs:
 
 - n fold workers share each GPU (n = 1 / gpus_per_fold): the smallest n >= ceil(k / G) at
   which the trials that fit side by side on the node keep all G GPUs busy, and never more
-  than fit in a GPU's memory (`fold_memory_gib` of the preset against the GPU's memory).
-  1 GPU, 5 folds: n = 5. 2 GPUs: n = 3 (three and two). 4 GPUs: n = 3, two trials at once.
-  8 GPUs: n = 2, three trials at once.
+  than fit in a GPU's memory (a fold worker's measured figure, `fold_memory_gib`, against
+  the GPU's memory). 1 GPU, 5 folds: n = 5. 2 GPUs: n = 3 (three and two). 4 GPUs: n = 3,
+  two trials at once. 8 GPUs: n = 2, three trials at once.
+- When the node's GPUs cannot hold a trial's k fold workers side by side (a 24 GiB GPU,
+  workers of 10 GiB), the k folds of a trial share one process on one GPU, one fold's step
+  at a time: their models stay resident on the GPU when k resident states fit beside one
+  step's peak, else the idle folds' states wait in host memory. Only a GPU smaller than one
+  fold worker refuses the study, naming the figures and the ways out.
 - CPUs: the node's CPUs shared by its fold workers (whole CPUs where there are enough).
 - On a cluster with GPU nodes of several sizes, the node with the fewest GPUs sets the rule,
   so that a trial fits on every GPU node; larger nodes run more trials side by side.
@@ -41,6 +46,7 @@ class NodeShape:
     resources: Mapping[str, float] = field(default_factory=dict)  # custom resources
     count: int = 1
     autoscaled: bool = False  # a node type the autoscaler may start, not a running node
+    cuda_nodes: tuple[str, ...] = ()  # Ray ids of such running nodes whose GPUs NVML sees
 
     def describe(self) -> str:
         memory = f" ({self.gpu_memory_gib:.0f} GiB each)" if self.gpu_memory_gib else ""
@@ -60,9 +66,17 @@ class Placement:
     trials_at_once: int = 1  # over the cluster as it is (or may grow to)
     threads: int = 1  # torch threads per fold worker
     bundle: Mapping[str, float] = field(default_factory=dict)  # one fold worker's resources
+    # Folds in the trial's process on one GPU of their own (the GPU cannot hold a worker per
+    # fold): the trial asks for this many GPUs, and `offload` parks the idle folds' states in
+    # host memory when even their resident states do not fit beside one step's activations.
+    gpus_per_trial: float = 0.0
+    offload: bool = False
+    reason: str = ""  # why this placement, in words (the GPU's memory and the figures)
 
     def describe(self) -> str:
         trials = f"{self.trials_at_once} trial{'s' * (self.trials_at_once != 1)} at once"
+        if self.gpus_per_trial:
+            return f"{self.reason}; {trials}"
         if not self.actors:
             return f"folds in the trial's process, {self.cpus_per_trial:g} CPUs per trial; {trials}"
         if self.gpus_per_fold:
@@ -71,9 +85,10 @@ class Placement:
                 if self.folds_per_gpu > 1
                 else "one fold worker per GPU"
             )
+            why = f"{self.reason}: " if self.reason else ""
             return (
-                f"{self.gpus_per_fold:g} GPU and {self.cpus_per_fold:g} CPU per fold worker "
-                f"({share}); {trials}"
+                f"{why}{self.gpus_per_fold:g} GPU and {self.cpus_per_fold:g} CPU per fold "
+                f"worker ({share}); {trials}"
             )
         return f"{dict(self.bundle)} per fold worker; {trials}"
 
@@ -126,9 +141,16 @@ def plan_placement(
     cpus_per_fold: float | str = AUTO,
     cpus_per_trial: float = 1.0,
     fold_memory_gib: float | None = None,
+    resident_gib: float | None = None,
+    memory_source: str = "",
     fold_resources: Mapping[str, float] | None = None,
 ) -> Placement:
     """The placement of a trial's `folds` fold workers on a cluster of `nodes`.
+
+    `fold_memory_gib`: the GPU memory one fold worker needs (a training step's peak and the
+    CUDA context; None: not known, not limited); `resident_gib`: what a fold's state keeps
+    allocated between its epochs (model, gradients, Adam); `memory_source`: where the first
+    figure comes from, for the log.
 
     Raises PlacementError, naming the resource, what a trial asks and what the cluster has,
     when no trial can ever be placed.
@@ -145,13 +167,14 @@ def plan_placement(
             memories = [n.gpu_memory_gib for n in gpu_nodes if n.gpu_memory_gib]
             cap = folds
             if fold_memory_gib and memories:
-                cap = int(min(memories) // fold_memory_gib)
-                if cap < 1:
-                    raise PlacementError(
-                        f"GPU memory: a fold worker needs about {fold_memory_gib:g} GiB, the "
-                        f"smallest GPU has {min(memories):g} GiB (cluster: {cluster}); lower "
-                        "batch_size or image_size, or use larger GPUs"
-                    )
+                gpu_memory = min(memories)
+                cap = int(gpu_memory // fold_memory_gib)
+                if cap < math.ceil(folds / template.gpus):
+                    # The node's GPUs cannot hold a trial's fold workers side by side.
+                    return _shared_gpu(
+                        gpu_nodes, template, folds, gpu_memory, fold_memory_gib,
+                        resident_gib, memory_source, cluster,
+                    )  # fmt: skip
             n = _workers_per_gpu(folds, int(template.gpus), cap)
             gpus_per_fold = math.floor(_PRECISION / n) / _PRECISION
     gpus_per_fold = float(gpus_per_fold)
@@ -214,9 +237,60 @@ def plan_placement(
     spare = sum(node.count * (held % folds) for node, held in per_node)
     trials = whole + spare // folds
     per_gpu = int(1 / gpus_per_fold + 1e-9) if 0 < gpus_per_fold <= 1 else 0
+    reason = ""
+    if gpus_per_fold and fold_memory_gib and template and template.gpu_memory_gib:
+        source = f" ({memory_source})" if memory_source else ""
+        reason = (
+            f"{template.gpu_memory_gib:.0f} GiB GPU, fold workers of {fold_memory_gib:g} GiB"
+            f"{source}"
+        )
     return Placement(gpus_per_fold, cpus_per_fold, actors=True, folds_per_gpu=per_gpu,
                      trials_at_once=max(trials, 1), threads=max(1, int(cpus_per_fold)),
-                     bundle=bundle)  # fmt: skip
+                     bundle=bundle, reason=reason)  # fmt: skip
+
+
+def _shared_gpu(
+    gpu_nodes: Sequence[NodeShape],
+    template: NodeShape,
+    folds: int,
+    gpu_memory: float,
+    fold_memory_gib: float,
+    resident_gib: float | None,
+    memory_source: str,
+    cluster: str,
+) -> Placement:
+    """A trial's folds in one process on one GPU, one fold's step at a time: the fold models
+    resident on the GPU when they fit beside one step's activations, else parked in host
+    memory between their epochs. PlacementError when one fold's step alone does not fit."""
+    source = f" ({memory_source})" if memory_source else ""
+    figure = f"{gpu_memory:.0f} GiB GPU, fold workers of {fold_memory_gib:g} GiB{source}"
+    if fold_memory_gib > gpu_memory:
+        raise PlacementError(
+            f"GPU memory: a fold worker needs about {fold_memory_gib:g} GiB{source}, the "
+            f"smallest GPU has {gpu_memory:.1f} GiB (cluster: {cluster}). Ways out: "
+            "--set batch_size= (smaller batches need less), --fold-memory-gib GIB (if the "
+            "figure is wrong for this GPU), --gpus-per-fold G (a placement of your own), or "
+            "larger GPUs"
+        )
+    resident = resident_gib if resident_gib is not None else fold_memory_gib
+    # One fold's step at its peak, the other folds' states resident beside it.
+    resident_fits = fold_memory_gib + (folds - 1) * resident <= gpu_memory
+    how = (
+        f"fold models resident ({resident:.2g} GiB each)"
+        if resident_fits
+        else f"idle folds' states in host memory ({folds} x {resident:.2g} GiB do not fit)"
+    )
+    reason = f"{figure}: the {folds} folds of a trial share one process on the GPU, {how}"
+    share = template.cpus / template.gpus  # a GPU's share of its node's CPUs
+    cpus = math.floor(share) or _round_down(share, 0.25)
+    if cpus <= 0:
+        raise PlacementError(f"CPU: the GPU nodes offer no CPUs to a trial ({cluster})")
+    trials = sum(n.count * min(int(n.gpus), int(n.cpus / cpus + 1e-9)) for n in gpu_nodes)
+    return Placement(
+        gpus_per_fold=0.0, cpus_per_fold=cpus, actors=False, cpus_per_trial=cpus,
+        trials_at_once=max(trials, 1), threads=max(1, int(cpus)), gpus_per_trial=1.0,
+        offload=not resident_fits, reason=reason,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- the live cluster
@@ -286,7 +360,7 @@ def cluster_nodes(probe_timeout_s: float = 15.0) -> list[NodeShape]:
     if pending:
         ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=probe_timeout_s)
         memory = {pending[ref]: ray.get(ref) for ref in ready}
-    shapes: dict[tuple, int] = {}  # identical nodes counted once
+    shapes: dict[tuple, list[str]] = {}  # identical nodes counted once: key -> node ids
     for n in alive:
         resources = {
             k: v
@@ -300,9 +374,102 @@ def cluster_nodes(probe_timeout_s: float = 15.0) -> list[NodeShape]:
             memory.get(n["NodeID"]) or n["Resources"].get(MEMORY_RESOURCE),
             tuple(sorted(resources.items())),
         )
-        shapes[key] = shapes.get(key, 0) + 1
+        shapes.setdefault(key, []).append(n["NodeID"])
     running = [
-        NodeShape(gpus, cpus, gib, dict(resources), count)
-        for (gpus, cpus, gib, resources), count in shapes.items()
+        NodeShape(
+            gpus,
+            cpus,
+            gib,
+            dict(resources),
+            len(ids),
+            cuda_nodes=tuple(i for i in ids if memory.get(i)),
+        )  # fmt: skip
+        for (gpus, cpus, gib, resources), ids in shapes.items()
     ]
     return running + _autoscaler_node_types()
+
+
+# ---------------------------------------------------------------------------- a plan on paper
+
+GB = 1e9 / 2**30  # GiB in a GB: GPUs are sold in GB, and NVML reports bytes
+
+
+def plan_table(
+    gpu_gb: Sequence[float],
+    worker_gib: Sequence[float],
+    resident_gib: float,
+    folds: int = 5,
+    gpus: int = 1,
+    cpus: float = 8,
+) -> str:
+    """A Markdown table of the automatic placement on one node of `gpus` GPUs of each size in
+    `gpu_gb` (as sold, in GB), for fold workers of each figure in `worker_gib`."""
+    lines = [
+        "| GPU | " + " | ".join(f"fold worker {w:g} GiB" for w in worker_gib) + " |",
+        "|---|" + "---|" * len(worker_gib),
+    ]
+    for size in gpu_gb:
+        node = NodeShape(gpus=gpus, cpus=cpus, gpu_memory_gib=size * GB)
+        cells = []
+        for worker in worker_gib:
+            try:
+                plan = plan_placement(
+                    [node], folds, fold_memory_gib=worker, resident_gib=resident_gib
+                )
+            except PlacementError:
+                cells.append("refused: one step does not fit")
+                continue
+            if plan.gpus_per_trial:
+                how = "models resident" if not plan.offload else "idle folds in host memory"
+                cells.append(f"{folds} folds share one process ({how})")
+            else:
+                cells.append(
+                    f"{plan.folds_per_gpu} workers per GPU, {plan.trials_at_once} trial(s)"
+                )
+        lines.append(f"| {size:g} GB ({size * GB:.1f} GiB) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from mtl import add_version_option
+    from study.memory import fold_memory, resident_gib
+    from study.presets import PRESETS, get_preset
+
+    parser = argparse.ArgumentParser(
+        prog="python -m study.placement",
+        description="The automatic placement of a preset's fold workers on one node of GPUs "
+        "of the given sizes, as a Markdown table (what docs/cluster.md shows). Without "
+        "--fold-memory-gib the preset's stored figure is used, when one was measured.",
+    )
+    parser.add_argument("--preset", choices=list(PRESETS), default="paper")
+    parser.add_argument(
+        "--gpu-gb", type=float, nargs="+", default=[16, 24, 40, 80, 141], metavar="GB",
+        help="GPU sizes as sold (default: 16 24 40 80 141)",
+    )  # fmt: skip
+    parser.add_argument("--fold-memory-gib", type=float, nargs="+", metavar="GIB",
+                        help="fold worker figures to plan for")  # fmt: skip
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs per node (default 1)")
+    parser.add_argument("--cpus", type=float, default=8, help="CPUs per node (default 8)")
+    add_version_option(parser)
+    args = parser.parse_args(argv)
+    study = get_preset(args.preset)
+    figure = fold_memory(study)
+    workers = args.fold_memory_gib or ([figure.worker_gib] if figure.worker_gib else [])
+    if not workers:
+        parser.error(f"{args.preset}: no measured fold worker figure; give --fold-memory-gib")
+    resident = figure.resident_gib or resident_gib(study.train_configs())
+    source = figure.source if not args.fold_memory_gib else "given (--fold-memory-gib)"
+    print(
+        f"{args.preset}: fold workers {source}; a fold's resident state {resident:.2f} GiB "
+        f"(counted); {len(study.folds)} folds, {args.gpus} GPU(s) and {args.cpus:g} CPUs a node"
+    )
+    print(plan_table(args.gpu_gb, workers, resident, len(study.folds), args.gpus, args.cpus))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -37,6 +37,18 @@ def grid(**values: Sequence) -> tuple[dict, ...]:
     )
 
 
+# How a study runs, not what it is: a resume may change them (a study started on a laptop
+# goes on on a cluster), and study.json records each run's in provenance.runs[]. Every other
+# field, the train fields but these and the store's content hash define the study.
+RUN_SETTINGS = (
+    "max_concurrent", "gpus_per_fold", "cpus_per_fold", "fold_memory_gib", "cpus_per_trial",
+    "fold_resources", "fold_strategy", "max_failures", "keep_checkpoints",
+)  # fmt: skip
+# The store's path (its content hash is compared), the device and the loader's processes
+# (where and how fast, not what is trained), how often a fold checkpoints.
+TRAIN_RUN_SETTINGS = ("data", "device", "num_workers", "checkpoint_every")
+
+
 @dataclass(frozen=True, kw_only=True)
 class StudyConfig:
     name: str
@@ -61,9 +73,9 @@ class StudyConfig:
     synthetic: SynthSpec | None = None
     # Resources (study/placement.py). Fold workers are Ray actors with these resources each;
     # "auto" packs a trial's folds on one node's GPUs so that every GPU is busy, within
-    # fold_memory_gib per worker (a figure for the preset's model; None: not limited), and
-    # shares the node's CPUs among them. On a cluster without GPUs the folds of a trial run
-    # inside the trial's own process, which takes cpus_per_trial CPUs.
+    # fold_memory_gib per worker (None: measured or probed, study/memory.py), and shares the
+    # node's CPUs among them. On a cluster without GPUs the folds of a trial run inside the
+    # trial's own process, which takes cpus_per_trial CPUs.
     gpus_per_fold: float | Literal["auto"] = "auto"
     cpus_per_fold: float | Literal["auto"] = "auto"
     fold_memory_gib: float | None = None
@@ -233,13 +245,6 @@ def smoke() -> StudyConfig:
     )
 
 
-# GPU memory of one fold worker training EfficientNet-B4 at 384 px, batch 8, bf16, flatten
-# heads: an estimate (weights, gradients and Adam ~1.4 GiB, activations, CUDA context) until
-# bench/gpu_check.sh measures it (its "peak GiB per worker"); it caps the fold workers that
-# the automatic placement puts on one GPU.
-B4_FOLD_MEMORY_GIB = 6.0
-
-
 # The original study's six configurations (GradNorm throughout; mtl.config.original()).
 ORIGINAL_SIX = (
     {"seg_loss": "dice", "epochs": 30, "alpha": 0.06},
@@ -262,7 +267,6 @@ def paper() -> StudyConfig:
         train=original(),
         configurations=ORIGINAL_SIX,
         synthetic=SynthSpec(patients=252, size=384, specimens=4, seed=0),
-        fold_memory_gib=B4_FOLD_MEMORY_GIB,
     )
 
 
@@ -297,7 +301,6 @@ def search() -> StudyConfig:
         reduction_factor=2,
         test_patients=0.2,
         synthetic=SynthSpec(patients=252, size=384, specimens=4, seed=0),
-        fold_memory_gib=B4_FOLD_MEMORY_GIB,
     )
 
 

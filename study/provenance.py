@@ -49,11 +49,15 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment() -> dict:
-    """The code and library versions of this process, and its GPU's model (None without)."""
+def environment(code: tuple[str, bool | None] | None = None) -> dict:
+    """The code and library versions of this process, and its GPU's model (None without).
+
+    `code`: the code version (commit, dirty) to record instead of this process's own: a
+    trial gets the driver's, since a cluster node has the code but not its .git.
+    """
     import torch
 
-    commit, dirty = code_version()
+    commit, dirty = code or code_version()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "code_version": commit,

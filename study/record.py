@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from mtl import SynthSpec, TrainConfig
-from study.presets import StudyConfig
+from study.presets import RUN_SETTINGS, TRAIN_RUN_SETTINGS, StudyConfig
 from study.search import Choice, Domain, IntRange, LogUniform
 
 # Top-level keys a study file may carry that are not configuration: read past, never used.
@@ -58,6 +58,35 @@ def study_record(study: StudyConfig) -> dict:
     record = _plain(dataclasses.asdict(study))
     record["space"] = {key: encode_domain(domain) for key, domain in study.space.items()}
     return record
+
+
+def study_identity(record: Mapping) -> dict[str, object]:
+    """What defines the study in a record (study_record's output), flat by key path
+    (`train.epochs`, `space.alpha`): everything but the run settings and the provenance."""
+    run = {*RUN_SETTINGS, *IGNORED_KEYS, *(f"train.{k}" for k in TRAIN_RUN_SETTINGS)}
+    return {k: v for k, v in _flat(record).items() if k not in run}
+
+
+def run_settings(study: StudyConfig) -> dict:
+    """How this run of the study runs: the run settings of the study and of its training."""
+    record = study_record(study)
+    return {
+        **{k: record[k] for k in RUN_SETTINGS},
+        **{f"train.{k}": record["train"][k] for k in TRAIN_RUN_SETTINGS},
+    }
+
+
+def _flat(record: Mapping, prefix: str = "") -> dict[str, object]:
+    """A nested record flattened to key paths; only `train` and `synthetic` are nested
+    further (a space or a configuration compares whole)."""
+    flat = {}
+    for key, value in record.items():
+        path = f"{prefix}{key}"
+        if key in ("train", "synthetic") and not prefix and isinstance(value, Mapping):
+            flat.update(_flat(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
 
 
 def encode_domain(domain: Domain) -> dict:

@@ -92,6 +92,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CPUs per fold worker (default auto: a node's CPUs shared by its fold workers)",
     )
     p.add_argument(
+        "--fold-memory-gib",
+        type=float,
+        metavar="GIB",
+        help="GPU memory one fold worker needs (default: the figure measured for this model "
+        "by bench/gpu_check.sh, else one training step probed on a GPU at study start); "
+        "the automatic placement packs fold workers by it (docs/cluster.md)",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        metavar="N",
+        help="finished trials that keep their last checkpoint (every fold's weights, for "
+        "study.export and the test estimate), best first (default 1; 0 keeps all)",
+    )
+    p.add_argument(
         "--address",
         help="join a running Ray cluster ('auto' or HOST:PORT); "
         "default: a new local Ray sized to this machine",
@@ -165,6 +180,8 @@ def resolve_study(args: argparse.Namespace) -> StudyConfig:
         "max_concurrent": args.max_concurrent,
         "gpus_per_fold": args.gpus_per_fold,
         "cpus_per_fold": args.cpus_per_fold,
+        "fold_memory_gib": args.fold_memory_gib,
+        "keep_checkpoints": args.keep_checkpoints,
         "test_patients": args.test_patients,
         "repeats": args.repeats,
     }

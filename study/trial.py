@@ -28,6 +28,7 @@ from mtl import (
     EpochMetrics,
     FoldTrainer,
     TrainConfig,
+    Trainer,
     checkpoint_bytes,
     checkpoint_due,
     checkpoint_name,
@@ -66,7 +67,13 @@ def allotted_device(device: str) -> str:
 
 class FoldWorker:
     """One fold of a trial: a trainer (mtl's `Trainer` contract; FoldTrainer, or a test
-    double) stepped one epoch per lockstep round through mtl's epoch loop."""
+    double) stepped one epoch per lockstep round through mtl's epoch loop.
+
+    `offload`: between its epochs the fold's whole state waits in host memory as checkpoint
+    bytes and its trainer (model, optimizers, loaders) is released, so that the folds of a
+    trial that share one GPU hold one fold's state on it at a time; the trainer is opened
+    again from those bytes for the next epoch (the same state: training goes on exactly).
+    """
 
     def __init__(
         self,
@@ -75,11 +82,12 @@ class FoldWorker:
         threads: int,
         store_hash: str,
         trainer: type = FoldTrainer,
+        offload: bool = False,
     ):
         torch.set_num_threads(threads)
         self.fold = fold
         # Repeated CV: fold "2C" is fold C of the split drawn with fold_seed + 1.
-        repeat, letter = split_label(fold)
+        repeat, self.letter = split_label(fold)
         # A URI is fetched once per node into a local cache; a path must be readable here.
         local = fetch_store(config.data, store_cache())
         found = open_store(local).content_hash
@@ -94,33 +102,57 @@ class FoldWorker:
             fold_seed=config.fold_seed + repeat,
             device=allotted_device(config.device),
         )
-        self.trainer = trainer(self.config, letter)
-        self.epochs = None  # mtl's epoch loop, started at the first round (after a restore)
+        self.trainer_class, self.offload = trainer, offload
+        self.trainer: Trainer | None = trainer(self.config, self.letter)
+        self.parked: bytes | None = None  # the offloaded state, between epochs
+        self.device_name = _device_name(self.trainer)
 
     def run_epoch(self) -> tuple[EpochMetrics, dict]:
-        if self.epochs is None:
-            self.epochs = train_epochs(self.trainer, self.config.epochs)
-        return next(self.epochs), self.node
+        trainer = self._trainer()
+        metrics = next(train_epochs(trainer, self.config.epochs))
+        if self.offload:
+            self._park()
+        return metrics, self.node
+
+    def _trainer(self) -> Trainer:
+        if self.trainer is None:
+            self.trainer = self.trainer_class(self.config, self.letter)
+            self.trainer.load_state_dict(read_checkpoint(self.parked))
+            self.parked = None
+        return self.trainer
+
+    def _park(self) -> None:
+        self.parked = checkpoint_bytes(self.trainer.state_dict())
+        self.trainer = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the next fold's step gets the memory back
 
     @property
     def node(self) -> dict:
         """Where this fold trains: host name, IP, Ray's node id, and the device's name."""
-        device = torch.device(self.trainer.device) if hasattr(self.trainer, "device") else None
-        name = "cpu"
-        if device is not None and device.type == "cuda":
-            name = torch.cuda.get_device_name(device)
         return {
             "node": socket.gethostname(),
             "node_ip": ray.util.get_node_ip_address() if ray.is_initialized() else None,
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
-            "device": name,
+            "device": self.device_name,
         }
 
     def state(self) -> bytes:
+        if self.trainer is None:
+            return self.parked
         return checkpoint_bytes(self.trainer.state_dict())
 
     def load(self, state: bytes) -> None:
-        self.trainer.load_state_dict(read_checkpoint(state))
+        if self.trainer is None:
+            self.parked = state
+        else:
+            self.trainer.load_state_dict(read_checkpoint(state))
+
+
+def _device_name(trainer: Trainer) -> str:
+    """The name of the device a trainer trains on: the GPU's model, or cpu."""
+    device = torch.device(trainer.device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 class Folds:
@@ -134,9 +166,10 @@ class Folds:
         threads: int,
         store_hash: str,
         trainer: type,
+        offload: bool = False,
     ):
         self.actors = actor_options is not None
-        args = (threads, store_hash, trainer)
+        args = (threads, store_hash, trainer, offload)
         if not self.actors:  # no GPUs: the folds share the trial's own process
             self.workers = [FoldWorker(config, fold, *args) for fold in folds]
             return
@@ -169,13 +202,17 @@ def run_trial(
     actor_options: dict | None,
     threads: int,
     fold_log: str,
+    code: tuple[str, bool | None] | None = None,
     trainer: type = FoldTrainer,
+    offload: bool = False,
 ) -> None:
-    """`fold_log`: where the fold logs go (the study's experiment folder or URI)."""
+    """`fold_log`: where the fold logs go (the study's experiment folder or URI); `code`: the
+    driver's code version (commit, dirty), which a cluster node without the repository's
+    .git cannot tell; `offload`: idle folds' states wait in host memory (FoldWorker)."""
     config = base.replace(**train_overrides(overrides))
     trial_id = tune.get_context().get_trial_id()
-    versions = environment()
-    workers = Folds(config, folds, actor_options, threads, store_hash, trainer)
+    versions = environment(code)
+    workers = Folds(config, folds, actor_options, threads, store_hash, trainer, offload)
     checkpoint = tune.get_checkpoint()
     # Epochs completed; a resumed or retried trial continues from its checkpoint.
     done = restore(workers, checkpoint, folds) if checkpoint is not None else 0

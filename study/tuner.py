@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from rich.console import Console
@@ -22,10 +23,11 @@ from rich.progress import Progress
 
 from mtl import build_synthetic_store, holdout_patients, open_store, split_label, split_rows
 from study.guard import StudyInterrupted, check_results_folder, graceful_stop, study_lock
+from study.placement import Placement
 from study.presets import StudyConfig
-from study.record import study_from_record, study_record
+from study.record import run_settings, study_from_record, study_identity, study_record
 from study.results import rebuild
-from study.storage import fetch_store, is_uri, store_cache
+from study.storage import fetch_store, read_store_hash, store_cache
 
 console = Console()
 
@@ -75,7 +77,9 @@ def prepare_data(study: StudyConfig, results: Path) -> StudyConfig:
 
 
 def check_resumable(study: StudyConfig, folder: Path, resume: bool) -> bool:
-    """Whether FOLDER holds this study to continue; refuses one with another configuration."""
+    """Whether FOLDER holds this study to continue. Refuses one that is another study: a field
+    that defines it differs (named), or its data has another content hash. How it runs
+    (resources, concurrency, storage, device: presets.RUN_SETTINGS) may change."""
     saved = folder / "study.json"
     if not saved.exists():
         if resume:
@@ -83,43 +87,81 @@ def check_resumable(study: StudyConfig, folder: Path, resume: bool) -> bool:
         return False
     mine = study_record(study)
     theirs = json.loads(saved.read_text())
-    theirs.pop("provenance", None)  # what ran, not what to run
+    provenance = theirs.get("provenance") or {}
     # A file written before the domains were tagged compares equal to the new form; one this
     # version cannot read is compared as it is.
     with contextlib.suppress(ValueError):
         theirs = study_record(study_from_record(theirs, source=str(saved)))
+    mine, theirs = study_identity(mine), study_identity(theirs)
     differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
     if differ:
+        first = differ[0]
         raise ValueError(
-            f"{folder} holds a study with another configuration ({', '.join(differ)} differ); "
-            "choose a new --name, or rerun with the same preset and settings to resume it"
+            f"{folder} holds another study: {', '.join(differ)} differ ({first} is "
+            f"{theirs.get(first)!r} there, {mine.get(first)!r} here); choose a new --name, "
+            "or rerun with the same study to resume it (resources, concurrency, storage and "
+            "device may change)"
+        )
+    recorded = provenance.get("store_hash")
+    if recorded and study.train.data and read_store_hash(study.train.data) != recorded:
+        raise ValueError(
+            f"{folder} holds a study of the data with content hash {recorded}, but "
+            f"{study.train.data} has {read_store_hash(study.train.data)}; choose a new --name, "
+            "or give the study's own data"
         )
     return True
 
 
-def fold_placement(study: StudyConfig) -> tuple[object, dict | None, int]:
-    """(Tune resources of a trial, fold actor options or None for in-process folds, threads),
-    planned on the cluster Ray is connected to (study/placement.py) and said in the log.
+class TrialPlacement(NamedTuple):
+    """What fold_placement decided: a trial's Tune resources, its fold actors' options (None:
+    the folds run in the trial's process), torch threads per fold, whether idle folds' states
+    wait in host memory, and the plan itself (study/placement.py)."""
+
+    resources: object
+    actor_options: dict | None
+    threads: int
+    offload: bool
+    plan: Placement
+
+
+def fold_placement(study: StudyConfig) -> TrialPlacement:
+    """Where a trial's folds run, planned on the cluster Ray is connected to
+    (study/placement.py) with the fold workers' GPU memory (study/memory.py), and said in the
+    log with its reason.
 
     Raises PlacementError at once when no trial could ever be placed.
     """
     from ray import tune
 
+    from study.memory import fold_memory
     from study.placement import cluster_nodes, plan_placement
 
+    nodes = cluster_nodes()
+    memory = None
+    if study.gpus_per_fold == "auto" and any(n.gpus >= 1 for n in nodes):
+        memory = fold_memory(study, [i for n in nodes for i in n.cuda_nodes])
     plan = plan_placement(
-        cluster_nodes(),
+        nodes,
         len(study.folds),
         gpus_per_fold=study.gpus_per_fold,
         cpus_per_fold=study.cpus_per_fold,
         cpus_per_trial=study.cpus_per_trial,
-        fold_memory_gib=study.fold_memory_gib,
+        fold_memory_gib=memory.worker_gib if memory else None,
+        resident_gib=memory.resident_gib if memory else None,
+        memory_source=memory.source if memory else "",
         fold_resources=study.fold_resources,
     )
     trials = min(plan.trials_at_once, study.max_concurrent or study.num_trials, study.num_trials)
     console.print(f"placement: {plan.describe().rsplit(';', 1)[0]}; {trials} trial(s) at once")
+    if memory is not None and memory.worker_gib is None:
+        console.print(
+            "fold worker GPU memory: not measured (no stored figure for this model and no "
+            "CUDA GPU to probe); workers are not limited by memory: give --fold-memory-gib, "
+            "or run bash bench/gpu_check.sh on the GPU machine"
+        )
     if not plan.actors:
-        return {"cpu": plan.cpus_per_trial}, None, plan.threads
+        resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+        return TrialPlacement(resources, None, plan.threads, plan.offload, plan)
     # An empty head bundle: the trial itself only coordinates; bundle i is fold i's.
     resources = tune.PlacementGroupFactory(
         [{}] + [dict(plan.bundle)] * len(study.folds), strategy=study.fold_strategy
@@ -127,7 +169,7 @@ def fold_placement(study: StudyConfig) -> tuple[object, dict | None, int]:
     options = {"num_cpus": plan.cpus_per_fold, "num_gpus": plan.gpus_per_fold}
     if study.fold_resources:
         options["resources"] = dict(study.fold_resources)
-    return resources, options, plan.threads
+    return TrialPlacement(resources, options, plan.threads, False, plan)
 
 
 def build_tuner(
@@ -148,10 +190,12 @@ def build_tuner(
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from study.callbacks import LiveView, ResultsWriter
+    from study.checkpoints import CheckpointKeeper
+    from study.provenance import code_version
     from study.search import asha, optuna_search
     from study.trial import run_trial
 
-    resources, actor_options, threads = placement or fold_placement(study)
+    resources, actor_options, threads, offload, _ = placement or fold_placement(study)
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
@@ -161,7 +205,10 @@ def build_tuner(
             store_hash=open_store(fetch_store(study.train.data, store_cache())).content_hash,
             actor_options=actor_options,
             threads=threads,
+            offload=offload,
             fold_log=experiment,
+            # The driver's: a cluster node has the code but not its .git (cluster.yaml).
+            code=code_version(),
             **({"trainer": trainer} if trainer else {}),
         ),
         resources,
@@ -169,7 +216,8 @@ def build_tuner(
     # The tracker callbacks are not given to the Tuner: it pickles its callbacks into
     # tuner.pkl, and a study resumed without --tracker (or without the package) would then
     # need them. They are set on the Tuner afterwards, as on a restored one (_set_callbacks).
-    callbacks = [ResultsWriter(study, folder, experiment)] + ([] if verbose else [LiveView(study)])
+    callbacks = [ResultsWriter(study, folder, experiment), CheckpointKeeper(study, experiment)]
+    callbacks += [] if verbose else [LiveView(study)]
     this_run = callbacks
     if trackers:
         from study.tracker_callbacks import tracker_callbacks
@@ -265,10 +313,15 @@ def run_study(
 
 
 def _run_locked(study, folder, resume, verbose, trainer, storage, placement, trackers):
+    from study.memory import check_disk, disk_need
+
     resume = check_resumable(study, folder, resume)
     check_results_folder(folder)
-    write_study_file(study, folder, resume)
     experiment = f"{storage.rstrip('/')}/{study.name}" if storage else str(folder)
+    check_disk(experiment, disk_need(study, placement.plan.trials_at_once))
+    write_study_file(study, folder, resume, settings={
+        "storage": experiment, "trackers": list(trackers), "placement": placement.plan.describe(),
+    })  # fmt: skip
     (folder / "run.json").write_text(json.dumps({"experiment": f"{experiment}/tune"}) + "\n")
     with graceful_stop() as received:
         build_tuner(
@@ -282,16 +335,27 @@ def _run_locked(study, folder, resume, verbose, trainer, storage, placement, tra
     unfinished = int((trials.status == "unfinished").sum()) if len(trials) else 0
     if received or unfinished:  # only a signal stops fit() with trials left unfinished
         raise StudyInterrupted(received[0] if received else signal.SIGINT, unfinished)
+    from study.checkpoints import drop_checkpoints
+
     drop_checkpoints(f"{experiment}/tune", trials, study.keep_checkpoints)
     finish(study, folder, epochs, trials)
     write_study_file(study, folder, resume=True, ended=True)
     return epochs, trials
 
 
-def write_study_file(study: StudyConfig, folder: Path, resume: bool, ended: bool = False) -> None:
+def write_study_file(
+    study: StudyConfig,
+    folder: Path,
+    resume: bool,
+    ended: bool = False,
+    settings: dict | None = None,
+) -> None:
     """study.json: the study's configuration, and its provenance (the data, and one record per
-    run of the driver: command, code and library versions, start and end times). A resumed
-    study adds a run; its configuration never changes (check_resumable)."""
+    run of the driver: command, code and library versions, run settings, start and end
+    times). A resumed study adds a run; what defines it never changes (check_resumable), and
+    its run settings at the top level are this run's, so that `--config study.json` runs it
+    as it ran last. `settings`: this run's where and how beyond the study's own fields
+    (storage, trackers, the placement chosen)."""
     from study.provenance import command, environment, now
 
     path = folder / "study.json"
@@ -306,10 +370,26 @@ def write_study_file(study: StudyConfig, folder: Path, resume: bool, ended: bool
     if ended:
         runs[-1]["ended"] = now()
     else:
-        runs.append({"command": command(), "started": now(), "ended": None, **environment()})
+        this_run = run_settings(study)
+        for key, value in this_run.items():
+            if key.startswith("train."):
+                record["train"][key.removeprefix("train.")] = value
+            else:
+                record[key] = value
+        runs.append({
+            "command": command(), "started": now(), "ended": None, **environment(),
+            "settings": {**this_run, **(settings or {}), "ray_address": _ray_address()},
+        })  # fmt: skip
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def _ray_address() -> str | None:
+    """The address of the Ray cluster this driver is connected to (None: not connected)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address if ray.is_initialized() else None
 
 
 def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.DataFrame) -> None:
@@ -334,40 +414,3 @@ def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.Da
             evaluate_test_set(folder, study.name, epochs, trials, study.repeats, study.seed)
         except FileNotFoundError as error:  # e.g. checkpoints kept on s3://, not here
             console.print(f"[yellow]no test estimate:[/yellow] {error}")
-
-
-def drop_checkpoints(experiment: str, trials: pd.DataFrame, keep: int) -> list[str]:
-    """Delete the checkpoints of finished trials beyond the `keep` best (0: keep all), and
-    all but the latest of the kept ones; completed trials rank before pruned and errored
-    ones, then by cross-validated score.
-
-    Unfinished trials keep theirs: a later --resume continues from them.
-    """
-    from pyarrow import fs
-
-    if keep == 0:
-        return []
-    finished = trials[trials.status.isin(["completed", "pruned", "errored"])]
-    if "cv_score" not in finished:  # no trial ever reported
-        finished = finished.assign(cv_score=float("nan"))
-    ranked = finished.assign(rank=finished.status.ne("completed")).sort_values(
-        ["rank", "cv_score"], ascending=[True, False]
-    )
-    if is_uri(experiment):
-        filesystem, root = fs.FileSystem.from_uri(experiment)
-    else:
-        filesystem, root = fs.LocalFileSystem(), experiment
-    trial_folders = filesystem.get_file_info(fs.FileSelector(root))
-    dropped = []
-    kept = set(ranked.trial_id.iloc[:keep])
-    for trial_id in ranked.trial_id:
-        for folder in trial_folders:
-            if folder.type == fs.FileType.Directory and f"_{trial_id}_" in folder.base_name:
-                items = filesystem.get_file_info(fs.FileSelector(folder.path))
-                checkpoints = sorted(i.path for i in items if i.base_name.startswith("checkpoint_"))
-                # A kept finished trial needs its latest checkpoint only (no fallback).
-                doomed = checkpoints[:-1] if trial_id in kept else checkpoints
-                for path in doomed:
-                    filesystem.delete_dir(path)
-                    dropped.append(path)
-    return dropped

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import ray
 
@@ -105,3 +106,23 @@ def test_the_smoke_study_fills_fake_gpus(local_cluster, tmp_path, gpus, fraction
         assert record["device"] == "cpu"  # a declared GPU without CUDA: auto stays on the CPU
     assert len({r["actor"] for r in seen}) == len(seen)  # a worker per fold
     assert set(epochs.trial_id) == set(trials.trial_id)
+
+
+def test_a_24_gib_gpu_runs_the_study_whose_folds_do_not_fit_side_by_side(local_cluster, tmp_path):
+    """One GPU declaring 24 GiB and fold workers of 10 GiB: two fit, a trial has five. The
+    five folds of a trial share one process on the GPU, and the study runs to the end."""
+    cluster = local_cluster({"num_cpus": 2, "num_gpus": 1, "resources": {"gpu_memory_gib": 24}})
+    done = subprocess.run(
+        [sys.executable, "-m", "study.run", "--preset", "smoke", "--results", str(tmp_path),
+         "--address", cluster.address, "--storage-shared", "--fold-memory-gib", "10"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "250"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (
+        "placement: 24 GiB GPU, fold workers of 10 GiB (--fold-memory-gib): the 5 folds of a "
+        "trial share one process on the GPU, fold models resident" in done.stdout
+    )
+    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
+    assert (trials.status == "completed").all() and len(trials) == 2
+    runs = json.loads((tmp_path / "smoke" / "study.json").read_text())["provenance"]["runs"]
+    assert runs[0]["settings"]["fold_memory_gib"] == 10.0

@@ -34,13 +34,60 @@ def test_cpus_are_shared_among_the_fold_workers_of_a_node():
 def test_gpu_memory_caps_the_workers_per_gpu():
     # 24 GiB GPUs and 6 GiB per worker: at most 4 per GPU, so 2 GPUs hold 3 and 2.
     plan = plan_placement([_gpu_node(2, memory=24.0)], 5, fold_memory_gib=6.0)
-    assert plan.folds_per_gpu == 3
-    # 1 GPU of 16 GiB: 2 workers; a trial spans three such nodes.
-    nodes = [_gpu_node(1, memory=16.0, count=3)]
-    plan = plan_placement(nodes, 5, fold_memory_gib=6.0)
-    assert plan.gpus_per_fold == 0.5 and plan.trials_at_once == 1
-    with pytest.raises(PlacementError, match="GPU memory.*needs about 20 GiB.*16 GiB"):
-        plan_placement(nodes, 5, fold_memory_gib=20.0)
+    assert plan.folds_per_gpu == 3 and plan.actors
+    assert plan.describe().startswith("24 GiB GPU, fold workers of 6 GiB: 0.3333 GPU")
+
+
+# The planner on one GPU of each size (in GiB as NVML reports it: a 24 GB card is 22.4 GiB),
+# for paper's fold (resident state 1.29 GiB, counted) with workers of 6 and of 10 GiB.
+@pytest.mark.parametrize(
+    ("memory", "worker", "expected"),
+    [
+        (14.9, 6.0, "shared, resident"),  # 6 + 4 x 1.29 = 11.2 fits
+        (14.9, 10.0, "shared, offload"),  # 10 + 4 x 1.29 = 15.2 does not
+        (22.4, 6.0, "shared, resident"),  # 3 workers fit, a trial needs 5
+        (22.4, 10.0, "shared, resident"),  # the 24 GB GPU: 2 workers fit
+        (37.3, 6.0, "5 workers"),
+        (37.3, 10.0, "shared, resident"),
+        (74.5, 10.0, "5 workers"),
+        (131.3, 10.0, "5 workers"),
+    ],
+)
+def test_the_planner_on_gpus_of_16_24_40_80_and_141_gb(memory, worker, expected):
+    plan = plan_placement(
+        [_gpu_node(1, cpus=8, memory=memory)], 5, fold_memory_gib=worker, resident_gib=1.29
+    )
+    if expected == "5 workers":
+        assert plan.actors and plan.folds_per_gpu == 5 and plan.gpus_per_fold == 0.2
+        return
+    # The trial takes the GPU and the node's CPUs; its folds run in its process.
+    assert not plan.actors and plan.gpus_per_trial == 1 and plan.cpus_per_trial == 8
+    assert plan.offload == (expected == "shared, offload")
+    assert plan.trials_at_once == 1
+    assert plan.describe().startswith(
+        f"{memory:.0f} GiB GPU, fold workers of {worker:g} GiB: the 5 folds of a trial share "
+        "one process on the GPU"
+    )
+
+
+def test_shared_gpu_trials_count_every_gpu_of_the_cluster():
+    nodes = [_gpu_node(1, cpus=4, memory=22.4, count=3), _gpu_node(4, cpus=16, memory=22.4)]
+    plan = plan_placement(nodes, 5, fold_memory_gib=10.0, resident_gib=1.0)
+    # The smallest node sets the rule (a GPU and 4 CPUs per trial); the 4-GPU node runs four.
+    assert plan.gpus_per_trial == 1 and plan.cpus_per_trial == 4
+    assert plan.trials_at_once == 3 + 4
+
+
+def test_a_gpu_smaller_than_one_fold_worker_refuses_with_the_ways_out():
+    with pytest.raises(PlacementError) as error:
+        plan_placement(
+            [_gpu_node(1, memory=14.9)], 5, fold_memory_gib=20.0, memory_source="--fold-memory-gib"
+        )
+    message = str(error.value)
+    assert "GPU memory: a fold worker needs about 20 GiB (--fold-memory-gib)" in message
+    assert "the smallest GPU has 14.9 GiB" in message
+    for way_out in ("--set batch_size=", "--fold-memory-gib", "--gpus-per-fold"):
+        assert way_out in message
 
 
 def test_nodes_of_several_sizes_follow_the_smallest():
@@ -99,8 +146,8 @@ def test_autoscaler_node_types_count_as_nodes(tmp_path):
     # The head offers nothing; the placement is planned on the GPU types not started yet.
     plan = plan_placement([NodeShape(gpus=0, cpus=0), *shapes], 5)
     assert plan.gpus_per_fold == 0.2 and plan.cpus_per_fold == 0.75
-    # 6 GiB per worker: four fit on a 24 GiB GPU, and a trial spans two gpu-1x nodes.
+    # 6 GiB per worker: four fit on a 24 GiB GPU, a trial needs five: a trial's folds share
+    # one process on one GPU, a trial per gpu-1x node and 8 per gpu-8x node.
     plan = plan_placement([NodeShape(gpus=0, cpus=0), *shapes], 5, fold_memory_gib=6.0)
-    # Trials at once: 6 whole on each gpu-8x (32 workers), then the 36 workers left over
-    # (4 on each gpu-1x, 2 on each gpu-8x) make 7 more.
-    assert plan.gpus_per_fold == 0.25 and plan.trials_at_once == 2 * 6 + 36 // 5
+    assert plan.gpus_per_trial == 1 and plan.cpus_per_trial == 4
+    assert plan.trials_at_once == 8 * 1 + 2 * 8

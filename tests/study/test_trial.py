@@ -48,3 +48,19 @@ def test_the_cli_and_the_study_s_fold_worker_train_alike(tiny_store, tmp_path, o
         assert by_worker[column].to_numpy() == pytest.approx(
             by_cli[column].to_numpy(), abs=1e-6, nan_ok=True
         ), column
+
+
+def test_an_offloaded_fold_trains_exactly_as_a_resident_one(tiny_store, one_thread):
+    """Folds that share one GPU may wait in host memory between epochs (FoldWorker's
+    `offload`): the trainer is released and opened again from the state's bytes, and the
+    fold trains on exactly as one that stayed resident."""
+    config = tiny().replace(data=str(tiny_store.path), epochs=2)
+    runs = {}
+    for offload in (False, True):
+        worker = FoldWorker(config, "A", 1, tiny_store.content_hash, offload=offload)
+        runs[offload] = [worker.run_epoch()[0] for _ in range(config.epochs)]
+        assert (worker.trainer is None) == offload  # parked between epochs
+        assert worker.state()  # a checkpoint's bytes either way
+    resident, offloaded = (epoch_frame("single", "A", runs[o]) for o in (False, True))
+    numbers = [c for c in resident.select_dtypes("number") if "seconds" not in c]
+    pd.testing.assert_frame_equal(resident[numbers], offloaded[numbers])
