@@ -10,10 +10,14 @@
 3. Host synchronisations per training step, counted by CUDA (torch.cuda.set_sync_debug_mode).
 4. bench/gpu_throughput.py: EfficientNet-B4 at 384 px, fp32 / bf16 / bf16+channels_last /
    +compile, batch 8/16/32, and 1, 2 and 5 workers on the one GPU with peak memory each.
-5. One epoch of the `paper` configuration with all five folds packed on the GPU by the
-   automatic placement, on a 384 px store: study-level patches/s, GPU utilisation and memory
-   sampled through NVML, the share of the step spent waiting for the data loader, and the
-   epoch time projected to the real data set's size.
+5. One fold worker's GPU memory (mtl.measure_step_memory: one training step's peak and the
+   CUDA context, and what stays resident) for every model of the `paper` and `search`
+   presets, written as rows of study/data/fold_memory.csv to OUT/fold_memory.csv: append
+   them to that file (with the GPU's name and the date) and the placement uses them.
+6. One epoch of the `paper` configuration with all five folds placed on the GPU by the
+   automatic placement (with the figure of step 5), on a 384 px store: study-level
+   patches/s, GPU utilisation and memory sampled through NVML, the share of the step spent
+   waiting for the data loader, and the epoch time projected to the real data set's size.
 
 Everything goes to OUT/gpu_check.json and OUT/gpu_check.md (default OUT: gpu-check/).
 """
@@ -39,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mtl import (  # noqa: E402
+    FoldTrainer,
     SynthSpec,
     build_synthetic_store,
     original,
@@ -200,13 +205,49 @@ class NvmlSampler(threading.Thread):
                 "gpu_memory_max_gib": float(memory.max())}  # fmt: skip
 
 
-def paper_epoch(cpu: bool, out: Path, patients: int) -> dict:
+def fold_memory(cpu: bool, out: Path) -> dict:
+    """One training step of every model of the paper and search presets (each balancer: the
+    GradNorm step keeps more alive), measured on GPU 0; rows for study/data/fold_memory.csv."""
+    from mtl import measure_step_memory
+    from study.memory import FIGURES, MODEL_KEY, distinct_models
+    from study.presets import paper, search
+
+    configs = distinct_models([*paper().train_configs(), *search().train_configs()])
+    if cpu:
+        return {"rows": [], "note": "not measured: no CUDA on a --cpu dry run"}
+    store = throughput_store(out / "store-memory", 384, patients=10, specimens=1)
+    header = FIGURES.read_text().splitlines()[0]
+    rows = []
+    for config in configs:
+        figure = measure_step_memory(config, store)
+        row = {k: getattr(config, k) for k in MODEL_KEY}
+        row.update(figure.as_dict(), date=time.strftime("%Y-%m-%d"), source="bench/gpu_check.sh")
+        rows.append(row)
+        print(f"  {dict((k, row[k]) for k in ('balancer', 'worker_gib', 'resident_gib'))}")
+    lines = [header] + [",".join(str(row[k]) for k in header.split(",")) for row in rows]
+    (out / "fold_memory.csv").write_text("\n".join(lines) + "\n")
+    return {"rows": rows}
+
+
+class SharedFolds:
+    """The five folds in one process, each epoch one fold after the other (the placement of
+    a GPU that cannot hold a worker per fold); run_epoch returns every fold's result."""
+
+    def __init__(self, config, threads, store_hash, offload):
+        from study.trial import Folds
+
+        self.folds = Folds(config, tuple("ABCDE"), None, threads, store_hash, FoldTrainer, offload)
+
+    def run_epoch(self):
+        return self.folds.call("run_epoch")
+
+
+def paper_epoch(cpu: bool, out: Path, patients: int, memory: dict) -> dict:
     """One epoch of the paper configuration, five folds packed on the GPU as a study packs
     them (study/placement.py), each a FoldWorker actor."""
     import ray
 
     from study.placement import cluster_nodes, plan_placement
-    from study.presets import paper
     from study.trial import FoldWorker
 
     size = 64 if cpu else 384
@@ -219,16 +260,31 @@ def paper_epoch(cpu: bool, out: Path, patients: int) -> dict:
     ray.init(address="local", num_gpus=gpus, num_cpus=os.cpu_count(), include_dashboard=False,
              configure_logging=False, log_to_driver=False)  # fmt: skip
     try:
-        plan = plan_placement(cluster_nodes(), 5, fold_memory_gib=paper().fold_memory_gib)
-        remote = ray.remote(num_cpus=plan.cpus_per_fold, num_gpus=plan.gpus_per_fold)(FoldWorker)
-        workers = [
-            remote.remote(config, fold, plan.threads, store.content_hash) for fold in "ABCDE"
-        ]
+        mine = [r for r in memory.get("rows", []) if r["balancer"] == config.balancer]
+        plan = plan_placement(
+            cluster_nodes(), 5,
+            fold_memory_gib=mine[0]["worker_gib"] if mine else None,
+            resident_gib=mine[0]["resident_gib"] if mine else None,
+            memory_source="measured above" if mine else "",
+        )  # fmt: skip
+        if plan.gpus_per_trial:
+            # The GPU cannot hold a worker per fold: the five share one process, in turn.
+            remote = ray.remote(num_cpus=plan.cpus_per_trial, num_gpus=1)(SharedFolds)
+            workers = [remote.remote(config, plan.threads, store.content_hash, plan.offload)]
+        else:
+            remote = ray.remote(num_cpus=plan.cpus_per_fold, num_gpus=plan.gpus_per_fold)(
+                FoldWorker
+            )
+            workers = [
+                remote.remote(config, fold, plan.threads, store.content_hash) for fold in "ABCDE"
+            ]
         ray.get([w.__ray_ready__.remote() for w in workers])  # models built, before the clock
         sampler = NvmlSampler()
         sampler.start()
         started = time.perf_counter()
         results = ray.get([w.run_epoch.remote() for w in workers])
+        if plan.gpus_per_trial:
+            (results,) = results  # one process, every fold's result
         seconds = time.perf_counter() - started
         sampler.stopped.set()
     finally:
@@ -278,6 +334,14 @@ def markdown(report: dict) -> str:
         peak = row.get("peak_gib_per_worker")
         lines.append(f"| {workers} | {row['patches_per_s']:,.1f} | {row['ratio']:.2f}x | "
                      f"{'-' if peak is None else f'{peak:.1f}'} |")  # fmt: skip
+    lines += ["", "| fold worker (paper/search model) | balancer | GiB per worker | resident GiB |",
+              "|---|---|---:|---:|"]  # fmt: skip
+    for row in report["fold_memory"].get("rows", []):
+        model = f"{row['encoder']} {row['image_size']} px, batch {row['batch_size']}"
+        lines.append(f"| {model} | {row['balancer']} | {row['worker_gib']:.2f} | "
+                     f"{row['resident_gib']:.2f} |")  # fmt: skip
+    if not report["fold_memory"].get("rows"):
+        lines.append(f"| {report['fold_memory'].get('note', 'not measured')} | | | |")
     util, memory = e["gpu_util_mean"], e["gpu_memory_max_gib"]
     lines += [
         "",
@@ -312,7 +376,13 @@ def main(argv: list[str] | None = None) -> int:
         ("tests", lambda: run_tests(cpu)),
         ("syncs_per_step", lambda: syncs_per_step(device)),
         ("throughput", lambda: throughput(cpu, out)),
-        ("paper_epoch", lambda: paper_epoch(cpu, out, args.patients or (10 if cpu else 60))),
+        ("fold_memory", lambda: fold_memory(cpu, out)),
+        (
+            "paper_epoch",
+            lambda: paper_epoch(
+                cpu, out, args.patients or (10 if cpu else 60), report["fold_memory"]
+            ),
+        ),  # fmt: skip
     ]
     for name, step in steps:
         started = time.perf_counter()

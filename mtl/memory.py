@@ -56,12 +56,13 @@ class StepMemory:
         return dataclasses.asdict(self)
 
 
-def measure_step_memory(config: TrainConfig, patients: int = 10) -> StepMemory | None:
+def measure_step_memory(config: TrainConfig, store=None, patients: int = 10) -> StepMemory | None:
     """Peak GPU memory of one training step of `config` (model, patch size, batch,
     precision: bf16 autocast on CUDA), on GPU 0. None when CUDA is not available.
 
-    The step trains on a synthetic store of `patients` patients at the configuration's patch
-    size (made in a temporary folder: the figure depends on shapes, not on the data). The
+    The step trains on `store`, or on a synthetic store of `patients` patients at the
+    configuration's patch size made in a temporary folder (the figure depends on shapes, not
+    on the data). The
     CUDA context (the driver's share of a process, not seen by the allocator) is what the
     device reports used beyond the allocator's reservations, on a GPU this process has to
     itself at that moment.
@@ -74,9 +75,13 @@ def measure_step_memory(config: TrainConfig, patients: int = 10) -> StepMemory |
 
     device = torch.device("cuda", 0)
     with tempfile.TemporaryDirectory(prefix="hep2-memory-") as folder:
-        spec = SynthSpec(patients=patients, size=config.image_size, specimens=1, seed=0)
-        store = build_synthetic_store(f"{folder}/store", spec)
-        probe = config.replace(data=str(store.path), device="cuda", num_workers=0, held_out=())
+        if store is None:
+            spec = SynthSpec(patients=patients, size=config.image_size, specimens=1, seed=0)
+            store = build_synthetic_store(f"{folder}/store", spec)
+        # Stratified folds: the original fold table may leave a small store's fold empty.
+        probe = config.replace(
+            data=str(store.path), device="cuda", num_workers=0, held_out=(), folds="stratified"
+        )
         torch.cuda.reset_peak_memory_stats(device)
         trainer = FoldTrainer(probe, "A", store=store)
         batch = trainer._to_device(next(iter(trainer.train_loader)))

@@ -21,6 +21,7 @@ from mtl import (
     SynthSpec,
     TrainConfig,
     fold_labels,
+    is_active,
     original,
     parse_overrides,
     small,
@@ -112,6 +113,7 @@ class StudyConfig:
                     f"warm_start: {dict(point)} must set exactly the searched fields that "
                     f"balancer {balancer!r} reads ({expected})"
                 )
+        self._check_no_repeats()
         if len(self.warm_start) > self.num_samples:
             raise ValueError(
                 f"warm_start has {len(self.warm_start)} configurations, more than num_samples "
@@ -157,6 +159,26 @@ class StudyConfig:
             raise ValueError("the study needs data: set train.data (--data) or synthetic")
         for config in self.train_configs():  # every configuration must be a valid TrainConfig
             del config
+
+    def _check_no_repeats(self) -> None:
+        """A grid or a warm start that names one configuration twice would train it twice:
+        refused, naming both. Two points are the same configuration when they agree on every
+        field their balancer reads (alpha means nothing to `equal`)."""
+        for name in ("configurations", "warm_start"):
+            seen: dict[tuple, int] = {}
+            for i, point in enumerate(getattr(self, name)):
+                config = self.train.replace(**point)
+                key = tuple(
+                    (k, v)
+                    for k, v in dataclasses.asdict(config).items()
+                    if is_active(k, config.balancer)
+                )
+                if key in seen:
+                    raise ValueError(
+                        f"{name}[{seen[key]}] and {name}[{i}] are the same configuration "
+                        f"({dict(point)}): it would be trained twice; remove one"
+                    )
+                seen[key] = i
 
     def _check_rungs(self) -> None:
         """ASHA compares trials at the same epoch. With a searched `epochs` and a learning-

@@ -9,6 +9,12 @@ nothing, and TPE does not model one.
 The Optuna study and the tables are linked: every trial's configuration carries its Optuna
 trial number (`optuna_trial`, a column of trials.parquet), and every Optuna trial the Tune
 trial id and the study folder as user attributes.
+
+No configuration is trained twice: a proposal equal in its active parameters to a trial
+already finished or running is told the earlier trial's result (Optuna's recipe for
+duplicated samples: the earlier value, not a new evaluation) and another is asked for. The
+warm-start configurations are trained to the end (`WarmStartASHA`): they are what the search
+is compared with, so a study always compares them.
 """
 
 from __future__ import annotations
@@ -19,13 +25,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from mtl import TrainConfig, is_active
 from study.results import OPTUNA_TRIAL
 
 logger = logging.getLogger(__name__)
+# Proposals in a row that repeat a configuration before the search is taken as exhausted (a
+# small finite space: every configuration it holds has been trained or is training).
+MAX_REPEATED_PROPOSALS = 20
+# The Optuna user attribute that names the Tune trial a repeated proposal was told from.
+REPEATS = "repeats_tune_trial"
 
 
 @dataclass(frozen=True)
@@ -120,18 +132,68 @@ class PruneAwareOptunaSearch(OptunaSearch):
       restored from storage) is left as it is, and an error while telling is logged, never
       turned into a failed trial.
     - Each Optuna trial carries the Tune trial id and the study folder as user attributes.
+    - No configuration is trained twice. A proposal whose parameters equal those of a trial
+      already finished or running in this search is not handed to Tune: it is told the
+      earlier trial's result (COMPLETE with its value, or PRUNED with its intermediate
+      values, as Optuna's FAQ recipe for duplicated samples returns the earlier value), at
+      once, or when a running original ends, and another proposal is asked for. After
+      MAX_REPEATED_PROPOSALS repeats in a row the space holds nothing new: the search ends.
     """
 
     def __init__(self, *args, folder: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self._folder = folder
+        self._repeats: dict[str, list] = {}  # Tune trial id -> repeated proposals of it
 
     def suggest(self, trial_id: str) -> dict | None:
-        params = super().suggest(trial_id)
-        trial = self._ot_trials[trial_id]
-        self._ot_study._storage.set_trial_user_attr(trial._trial_id, "tune_trial_id", trial_id)
-        self._ot_study._storage.set_trial_user_attr(trial._trial_id, "study_folder", self._folder)
-        return params
+        for _ in range(MAX_REPEATED_PROPOSALS):
+            params = super().suggest(trial_id)
+            trial = self._ot_trials[trial_id]
+            original = self._trained_as(trial)
+            if original is None:
+                storage = self._ot_study._storage
+                storage.set_trial_user_attr(trial._trial_id, "tune_trial_id", trial_id)
+                storage.set_trial_user_attr(trial._trial_id, "study_folder", self._folder)
+                return params
+            del self._ot_trials[trial_id]  # the next super().suggest asks a new one
+            self._tell_repeat(trial, original)
+        logger.warning(
+            "the last %d proposals repeated configurations already trained: the search "
+            "space holds nothing new, and the search ends here",
+            MAX_REPEATED_PROPOSALS,
+        )
+        return Searcher.FINISHED
+
+    def _trained_as(self, trial) -> str | None:
+        """The Tune trial id of a trial of this search (running or finished) whose
+        parameters equal `trial`'s, or None."""
+        for tune_id, other in self._ot_trials.items():
+            if other is not trial and other.params == trial.params:
+                return tune_id
+        return None
+
+    def _tell_repeat(self, trial, original: str) -> None:
+        """Tell a repeated proposal the original's result, or when the original ends."""
+        self._ot_study._storage.set_trial_user_attr(trial._trial_id, REPEATS, original)
+        logger.info("Optuna proposed trial %s's configuration again: not trained twice", original)
+        if original in self._completed_trials or self._finished(self._ot_trials[original]):
+            self._copy_outcome(self._ot_trials[original], trial)
+        else:
+            self._repeats.setdefault(original, []).append(trial)
+
+    def _copy_outcome(self, original, repeat) -> None:
+        import optuna
+
+        frozen = self._ot_study._storage.get_trial(original._trial_id)
+        states = optuna.trial.TrialState
+        for step, value in sorted(frozen.intermediate_values.items()):
+            repeat.report(value, step)
+        state = frozen.state if frozen.state.is_finished() else states.FAIL
+        value = frozen.value if state == states.COMPLETE else None
+        try:
+            self._ot_study.tell(repeat, value, state=state)
+        except Exception as exc:  # the study goes on; the repeat stays as Optuna has it
+            logger.warning("Optuna could not record a repeated proposal: %s", exc)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._report(trial_id, result)
@@ -159,6 +221,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
         except Exception as exc:  # the study must go on; the trial stays as Optuna has it
             logger.warning("Optuna could not record trial %s as %s: %s", trial_id, state, exc)
         self._completed_trials.add(trial_id)
+        for repeat in self._repeats.pop(trial_id, []):
+            self._copy_outcome(ot_trial, repeat)
 
     def _report(self, trial_id: str, result: dict) -> None:
         """Report the result's score at its epoch, once per epoch."""
@@ -219,11 +283,43 @@ def optuna_search(
     )
 
 
-def asha(max_epochs: int, grace_period: int, reduction_factor: float) -> ASHAScheduler:
-    """ASHA by epoch on the metric of the TuneConfig (the cross-validated score)."""
-    return ASHAScheduler(
+class WarmStartASHA(ASHAScheduler):
+    """ASHA that trains the warm-start configurations to the end.
+
+    Their scores still fill ASHA's rungs, so the searched trials are stopped against them;
+    only the decision to stop them is overruled. They are what the search is compared with
+    (the original study's six, the demo's 2 x 2): a study that pruned them could not say
+    whether the search found better, and how many configurations complete would be left to
+    the order in which trials reach a rung.
+    """
+
+    def __init__(self, *args, warm_start: Sequence[Mapping] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self._warm_start = [dict(point) for point in warm_start]
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        unfinished = result.get("epoch", 0) < result.get("epochs", 0)
+        if decision == TrialScheduler.STOP and unfinished and self._is_warm_start(trial.config):
+            return TrialScheduler.CONTINUE
+        return decision
+
+    def _is_warm_start(self, config: Mapping) -> bool:
+        return any(all(config.get(k) == v for k, v in p.items()) for p in self._warm_start)
+
+
+def asha(
+    max_epochs: int,
+    grace_period: int,
+    reduction_factor: float,
+    warm_start: Sequence[Mapping] = (),
+) -> ASHAScheduler:
+    """ASHA by epoch on the metric of the TuneConfig (the cross-validated score); the
+    `warm_start` configurations are never stopped (WarmStartASHA)."""
+    return WarmStartASHA(
         time_attr="epoch",
         max_t=max_epochs,
         grace_period=grace_period,
         reduction_factor=reduction_factor,
+        warm_start=warm_start,
     )

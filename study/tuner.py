@@ -244,7 +244,7 @@ def build_tuner(
         param_space = {k: tune.choice([p[k] for p in points]) for k in keys}
         search_alg = BasicVariantGenerator(points_to_evaluate=points)
     scheduler = (
-        asha(study.max_epochs, study.grace_period, study.reduction_factor)
+        asha(study.max_epochs, study.grace_period, study.reduction_factor, study.warm_start)
         if study.scheduler == "asha"
         else None
     )

@@ -79,6 +79,7 @@ def test_the_gpu_check_dry_run_on_a_cpu(tmp_path):
     assert {"variant", "batch", "patches_per_s", "ratio", "tflops", "peak_gib"} <= set(row)
     assert set(throughput["shared_device"]) == {"1", "2"}
     assert throughput["shared_device"]["1"]["ratio"] == 1.0
+    assert report["fold_memory"] == {"rows": [], "note": "not measured: no CUDA on a --cpu dry run"}
     epoch = report["paper_epoch"]
     assert epoch["gpus_per_fold"] == 0.2  # five folds packed on the one GPU
     assert epoch["train_patches"] > 0 and epoch["train_patches_per_s"] > 0

@@ -160,3 +160,14 @@ def test_token_authentication_is_on_everywhere(name):
     assert "--env RAY_AUTH_MODE=token" in config["docker"]["run_options"]
     assert config["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
     assert not re.search(r"RAY_AUTH_MODE\s*=\s*disabled", (ROOT / name).read_text())
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_the_repository_s_git_reaches_the_head(name):
+    """The driver on the head names the commit it runs (study/provenance.py) from .git, and
+    hands it to every trial: `ray up` must copy it."""
+    import fnmatch
+
+    excluded = load(name).get("rsync_exclude", [])
+    for path in (".git", ".git/HEAD", "hep2-mtl/.git/refs/heads/main"):
+        assert not any(fnmatch.fnmatch(path, pattern) for pattern in excluded), path

@@ -7,10 +7,18 @@ import dataclasses
 
 import optuna
 import pytest
+from ray.tune.search import Searcher
 
 from mtl import tiny
 from study.presets import StudyConfig, apply_overrides, get_preset, smoke
-from study.search import Choice, IntRange, LogUniform, optuna_search
+from study.search import (
+    MAX_REPEATED_PROPOSALS,
+    REPEATS,
+    Choice,
+    IntRange,
+    LogUniform,
+    optuna_search,
+)
 
 SPACE = {
     "balancer": Choice(("equal", "gradnorm", "uncertainty", "dwa")),
@@ -33,16 +41,20 @@ def _study(tmp_path) -> optuna.Study:
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
 def test_a_balancer_s_fields_exist_only_for_the_balancers_that_read_them(tmp_path, sampler):
     searcher = _searcher(tmp_path, sampler=sampler)
+    numbers = {}
     for i in range(24):
         config = searcher.suggest(f"t{i}")
+        numbers[config["optuna_trial"]] = f"t{i}"
         searcher.on_trial_complete(f"t{i}", {"cv_score": 0.5, "epoch": 1, "epochs": 1})
         searched = set(config) - {"balancer", "seg_loss", "optuna_trial"}
         assert searched == READS[config["balancer"]], config
     trials = _study(tmp_path).trials
     assert {t.params["balancer"] for t in trials} == set(READS)  # every branch drawn
-    for trial in trials:
+    trained = [t for t in trials if REPEATS not in t.user_attrs]
+    assert len(trained) == 24
+    for trial in trained:
         assert set(trial.params) - {"balancer", "seg_loss"} == READS[trial.params["balancer"]]
-        assert trial.user_attrs["tune_trial_id"] == f"t{trial.number}"
+        assert trial.user_attrs["tune_trial_id"] == numbers[trial.number]
         assert trial.user_attrs["study_folder"] == str(tmp_path.resolve())
 
 
@@ -126,3 +138,68 @@ def test_asha_with_searched_epochs_under_a_cosine_schedule_is_refused():
     # The demo (fixed epochs, cosine) and the search preset (constant) are valid.
     assert get_preset("demo").train.lr_schedule == "cosine"
     assert get_preset("search").train.lr_schedule == "constant"
+
+
+# --- no configuration trained twice -----------------------------------------------------------
+
+LOSSES = {"seg_loss": Choice(("dice", "bce"))}  # with the base's `equal`: two configurations
+
+
+def test_a_proposal_of_a_finished_configuration_is_told_its_result_not_trained(tmp_path):
+    searcher = _searcher(tmp_path, space=LOSSES, sampler="random")
+    first = searcher.suggest("a")
+    second = searcher.suggest("b")
+    if first["seg_loss"] == second["seg_loss"]:
+        pytest.fail("the second proposal repeats the first; it should have been skipped")
+    searcher.on_trial_complete("a", {"cv_score": 0.6, "epoch": 2, "epochs": 2})
+    searcher.on_trial_result("b", {"cv_score": 0.4, "epoch": 1, "epochs": 2})
+    searcher.on_trial_complete("b", {"cv_score": 0.45, "epoch": 1, "epochs": 2})  # pruned
+    # Both configurations are trained: every further proposal repeats one, and the search
+    # ends instead of training either again.
+    assert searcher.suggest("c") == Searcher.FINISHED
+    assert set(searcher._ot_trials) == {"a", "b"}
+    trials = _study(tmp_path).trials
+    original = {t.user_attrs["tune_trial_id"]: t for t in trials if "tune_trial_id" in t.user_attrs}
+    repeats = [t for t in trials if REPEATS in t.user_attrs]
+    assert len(repeats) == MAX_REPEATED_PROPOSALS and len(trials) == 2 + len(repeats)
+    for repeat in repeats:
+        source = original[repeat.user_attrs[REPEATS]]
+        assert repeat.params == source.params
+        assert (repeat.state, repeat.value) == (source.state, source.value)
+        assert repeat.intermediate_values == source.intermediate_values
+    assert {r.state.name for r in repeats} == {"COMPLETE", "PRUNED"}
+
+
+def test_a_proposal_of_a_running_configuration_is_told_when_that_trial_ends(tmp_path):
+    searcher = _searcher(tmp_path, space=LOSSES, sampler="random")
+    searcher.suggest("a"), searcher.suggest("b")
+    assert searcher.suggest("c") == Searcher.FINISHED  # both still running
+    repeats = [t for t in _study(tmp_path).trials if REPEATS in t.user_attrs]
+    assert all(t.state.name == "RUNNING" for t in repeats)
+    searcher.on_trial_complete("a", {"cv_score": 0.6, "epoch": 2, "epochs": 2})
+    searcher.on_trial_complete("b", None, error=True)
+    told = {t.user_attrs[REPEATS]: t for t in _study(tmp_path).trials if REPEATS in t.user_attrs}
+    by_source = {}
+    for t in _study(tmp_path).trials:
+        if REPEATS in t.user_attrs:
+            by_source.setdefault(t.user_attrs[REPEATS], set()).add((t.state.name, t.value))
+    assert by_source["a"] == {("COMPLETE", 0.6)}
+    assert by_source.get("b", {("FAIL", None)}) == {("FAIL", None)}
+    assert told
+
+
+def test_a_grid_or_warm_start_naming_a_configuration_twice_is_refused():
+    with pytest.raises(
+        ValueError, match=r"configurations\[0\] and configurations\[2\] are the same"
+    ):
+        dataclasses.replace(
+            smoke(),
+            configurations=(
+                {"seg_loss": "dice"},
+                {"seg_loss": "bce"},
+                {"seg_loss": "dice", "alpha": 0.3},  # alpha means nothing to `equal`
+            ),
+        )
+    demo = get_preset("demo")
+    with pytest.raises(ValueError, match=r"warm_start\[0\] and warm_start\[4\]"):
+        dataclasses.replace(demo, warm_start=(*demo.warm_start, demo.warm_start[0]))
