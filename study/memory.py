@@ -54,9 +54,10 @@ def distinct_models(configs: Sequence[TrainConfig]) -> list[TrainConfig]:
     return list({model_key(c): c for c in configs}.values())
 
 
-def stored_figure(configs: Sequence[TrainConfig], path: Path = FIGURES) -> MemoryFigure | None:
-    """The largest stored figure over `configs`, when every one of them has one."""
-    with open(path, newline="") as handle:
+def stored_figure(configs: Sequence[TrainConfig], path: Path | None = None) -> MemoryFigure | None:
+    """The largest stored figure over `configs` (in `path`, default FIGURES), when every one
+    of them has one."""
+    with open(path or FIGURES, newline="") as handle:
         rows = list(csv.DictReader(handle))
     found = []
     for config in distinct_models(configs):
