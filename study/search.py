@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from mtl import TrainConfig, is_active
@@ -323,3 +324,43 @@ def asha(
         reduction_factor=reduction_factor,
         warm_start=warm_start,
     )
+
+
+# ------------------------------------------------------------------------- trials at once
+# A study's `max_concurrent` is a run setting: a resumed study runs with the new one. Tune
+# restores a searcher's saved state, its concurrency limit included, over the one it is given,
+# and Tune's own `max_concurrent_trials` applies to a Searcher only (not to a grid's
+# generator): the study sets the limit itself, and keeps it through a restore.
+
+
+class RunConcurrency(ConcurrencyLimiter):
+    """Tune's ConcurrencyLimiter whose limit is this run's, not the one saved with the study."""
+
+    def set_state(self, state: dict) -> None:
+        limit = self.max_concurrent
+        super().set_state(state)
+        self.max_concurrent = limit
+
+
+class Grid(BasicVariantGenerator):
+    """Tune's generator of a grid's points, whose concurrency limit is this run's."""
+
+    def set_state(self, state: dict) -> None:
+        limit = self._max_concurrent
+        super().set_state(state)
+        self._max_concurrent = limit
+
+
+def grid_search(points: Sequence[Mapping], max_concurrent: int) -> Grid:
+    """The grid's points, evaluated in order, at most `max_concurrent` at once (0: no limit)."""
+    return Grid(points_to_evaluate=[dict(p) for p in points], max_concurrent=max_concurrent)
+
+
+def limit_concurrency(search_alg, max_concurrent: int):
+    """`search_alg` running at most `max_concurrent` trials at once (0: no limit), for a new
+    study or the one restored from its experiment (whatever limit that one ran with)."""
+    if isinstance(search_alg, Grid):
+        search_alg._max_concurrent = max_concurrent
+        return search_alg
+    searcher = search_alg.searcher if isinstance(search_alg, ConcurrencyLimiter) else search_alg
+    return RunConcurrency(searcher, max_concurrent) if max_concurrent else searcher

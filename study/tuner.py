@@ -187,12 +187,11 @@ def build_tuner(
     Optuna database go to FOLDER. `placement`: fold_placement's answer, if already asked;
     `trackers`: study/trackers.py's names, checked."""
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from study.callbacks import LiveView, ResultsWriter
     from study.checkpoints import CheckpointKeeper
     from study.provenance import code_version
-    from study.search import asha, optuna_search
+    from study.search import asha, grid_search, limit_concurrency, optuna_search
     from study.trial import run_trial
 
     resources, actor_options, threads, offload, _ = placement or fold_placement(study)
@@ -227,6 +226,9 @@ def build_tuner(
         tuner = tune.Tuner.restore(
             f"{experiment}/tune", trainable, resume_unfinished=True, resume_errored=False
         )
+        # This run's limit on trials at once (a run setting; see study/search.py).
+        config = tuner._local_tuner._tune_config
+        config.search_alg = limit_concurrency(config.search_alg, study.max_concurrent)
         return _set_callbacks(tuner, this_run)
     if study.space:
         # The space is Optuna's (define-by-run, conditional); Tune's stays empty.
@@ -242,7 +244,7 @@ def build_tuner(
         base = dataclasses.asdict(study.train)
         points = [{k: c.get(k, base[k]) for k in keys} for c in study.configurations] or [{}]
         param_space = {k: tune.choice([p[k] for p in points]) for k in keys}
-        search_alg = BasicVariantGenerator(points_to_evaluate=points)
+        search_alg = grid_search(points, study.max_concurrent)
     scheduler = (
         asha(study.max_epochs, study.grace_period, study.reduction_factor, study.warm_start)
         if study.scheduler == "asha"
@@ -254,10 +256,9 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric="cv_score",
             mode="max",
-            search_alg=search_alg,
+            search_alg=limit_concurrency(search_alg, study.max_concurrent),
             scheduler=scheduler,
             num_samples=study.num_trials,
-            max_concurrent_trials=study.max_concurrent or None,
             # A finished trial's process runs the next one: no new process importing torch
             # and smp (seconds each) per trial. A stopped trial still busy in its epoch is
             # not reused; Tune starts a new process then.

@@ -17,6 +17,8 @@ from study.search import (
     Choice,
     IntRange,
     LogUniform,
+    grid_search,
+    limit_concurrency,
     optuna_search,
 )
 
@@ -203,3 +205,23 @@ def test_a_grid_or_warm_start_naming_a_configuration_twice_is_refused():
     demo = get_preset("demo")
     with pytest.raises(ValueError, match=r"warm_start\[0\] and warm_start\[4\]"):
         dataclasses.replace(demo, warm_start=(*demo.warm_start, demo.warm_start[0]))
+
+
+# --- trials at once: a run setting ------------------------------------------------------------
+
+
+def test_a_restored_search_runs_with_this_run_s_concurrency(tmp_path):
+    """Tune restores a searcher's saved state over the one it is given, the first run's
+    concurrency limit included: the study's limit is this run's."""
+    first = limit_concurrency(_searcher(tmp_path), 4)
+    saved = first.get_state()
+    resumed = limit_concurrency(first, 1)  # what build_tuner does with the restored one
+    resumed.set_state(saved)  # what Tune's restore does next
+    assert resumed.max_concurrent == 1 and resumed.searcher is first.searcher
+    assert limit_concurrency(first, 0) is first.searcher  # 0: no limit
+
+    grid = grid_search([{"seg_loss": "dice"}, {"seg_loss": "bce"}], 3)
+    saved = grid.get_state()
+    grid = limit_concurrency(grid, 1)
+    grid.set_state(saved)
+    assert grid._max_concurrent == 1
