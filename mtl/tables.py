@@ -95,7 +95,8 @@ STATS = _schema(
     [("study", STRING), ("trial_id", STRING), ("metric", STRING), ("n_folds", COUNT),
      *[(c, FLOAT) for c in ("mean", "std", "diff_vs_best", "ci_low", "ci_high", "p_value",
                             "p_worse", "p_rope", "p_better")],
-     ("is_best", pa.bool_()), ("verdict", STRING), ("half_width", FLOAT)],
+     ("is_best", pa.bool_()), ("missing_folds", COUNT), ("verdict", STRING),
+     ("half_width", FLOAT)],
 )  # fmt: skip
 TEST = _schema(
     "test",

@@ -32,6 +32,7 @@ SIZES = {
 }
 VERDICT_COLOURS = {
     "best": "tab:green",
+    "better": "tab:purple",  # better than the best on shared folds (a circle of missing folds)
     "equivalent": "tab:blue",
     "undecided": "tab:orange",
     "worse": "tab:red",

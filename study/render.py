@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtl import PATTERNS, SCORE_METRICS
+from study.stats import fold_marks
 from study.summary import METRIC_TITLES, level_metrics, row_titles, summary_columns
 
 SCREEN_COLUMNS = 3  # configurations side by side on a terminal; more are ranked in rows
@@ -93,20 +94,22 @@ def comparison_report_table(
     best = best.set_axis(cells.index)
     if stats is not None and len(stats):
         # What the ranking is worth: the score's paired difference to the best, its interval
-        # and the verdict (study.stats), under the means.
-        score = stats[stats.metric == "score"].set_index("trial_id").loc[summary.index]
-        rows = score.itertuples()
+        # and the verdict (study.stats), under the means; and which configurations lack folds.
+        score = stats[stats.metric == "score"].assign(incomplete=fold_marks(stats))
+        score = score.set_index("trial_id").loc[summary.index]
         differences = [
             ("best", "", r.verdict)
             if r.is_best
             else (signed(r.diff_vs_best), interval(r.ci_low, r.ci_high), r.verdict)
-            for r in rows
+            for r in score.itertuples()
         ]
         extra = pd.DataFrame(
             list(zip(*differences, strict=True)),
             index=["score − best", "95% interval", "verdict"],
             columns=columns,
         )
+        if score.incomplete.str.len().any():
+            extra.loc["incomplete"] = score.incomplete.to_numpy()
         cells = pd.concat([cells, extra]).rename_axis("metric")
         best = pd.concat([best, pd.DataFrame(False, index=extra.index, columns=columns)])
     return ReportTable("comparison", title, numbers, cells, best)
@@ -121,7 +124,9 @@ def ranking_report_table(
 ) -> ReportTable:
     """The comparison as a terminal shows it: one row per configuration, best first, with
     the score, its paired difference to the best, the interval and the verdict."""
-    score = stats[stats.metric == "score"].set_index("trial_id").loc[summary.index]
+    score = stats[stats.metric == "score"]
+    incomplete = fold_marks(stats)[score.index].set_axis(score.trial_id).loc[summary.index]
+    score = score.set_index("trial_id").loc[summary.index]
     cells = pd.DataFrame(
         {
             "score": [mean_std(m, s) for m, s in zip(score["mean"], score["std"], strict=True)],
@@ -133,15 +138,19 @@ def ranking_report_table(
         },
         index=pd.Index([labels[t] for t in summary.index], name="configuration"),
     )
-    return ReportTable("ranking", title, score, cells, text_columns=("verdict",))
+    if incomplete.str.len().any():  # a trial that lacks folds: its mean may flatter it
+        cells["incomplete"] = incomplete.to_numpy()
+    return ReportTable("ranking", title, score, cells, text_columns=("verdict", "incomplete"))
 
 
 def statistics_report_table(
     stats: pd.DataFrame, labels: pd.Series, level: str, title: str
 ) -> ReportTable:
-    """Every configuration against the best, metric by metric (report.md and stats.csv)."""
+    """Every configuration against the best, metric by metric (report.md and stats.csv); a
+    column `incomplete` where a configuration or the best it is compared with lacks folds."""
     titles = row_titles(level)
     rows = stats[~stats.is_best]
+    incomplete = _incomplete(stats)[rows.index]
     cells = pd.DataFrame(
         {
             "metric": [titles.get(m, m) for m in rows.metric],
@@ -156,7 +165,28 @@ def statistics_report_table(
         },
         index=pd.Index([labels[t] for t in rows.trial_id], name="configuration"),
     )
-    return ReportTable("differences", title, stats, cells, text_columns=("metric", "verdict"))
+    if incomplete.str.len().any():
+        cells["incomplete"] = incomplete.to_numpy()
+    return ReportTable(
+        "differences", title, stats, cells, text_columns=("metric", "verdict", "incomplete")
+    )
+
+
+def _incomplete(stats: pd.DataFrame) -> pd.Series:
+    """Per row: "4/5 folds" where the configuration lacks folds, "best 4/5 folds" where the
+    best it is compared with does (the table leaves the best's own rows out), both joined by
+    "; ", else ""."""
+    marks = fold_marks(stats)
+    best = stats.is_best.astype(bool)
+    best_marks = stats.metric.map(dict(zip(stats.metric[best], marks[best], strict=True)))
+    return pd.Series(
+        [
+            "; ".join(filter(None, [mark, f"best {of_best}" if of_best and not is_best else ""]))
+            for mark, of_best, is_best in zip(marks, best_marks.fillna(""), best, strict=True)
+        ],
+        index=stats.index,
+        dtype=str,
+    )
 
 
 def recall_report_table(selected: pd.DataFrame, order, labels: pd.Series, title: str):

@@ -38,7 +38,7 @@ from study.render import (
     stopped_report_table,
     test_report_table,
 )
-from study.stats import DEFAULT_ROPE, summary_sentence
+from study.stats import DEFAULT_ROPE, best_choice_sentence, summary_sentence
 from study.summary import (
     EPOCHS,
     LEVELS,
@@ -86,11 +86,13 @@ def build_tables(
     summary = summarise(selected[selected.trial_id.isin(done)], level)
     stats = fold_statistics(results, selected, done, level, rope)
     titles = row_titles(level)
-    sentences = [
-        summary_sentence(stats, metric, "score" if metric == "score" else titles[metric])
-        for metric in ("score", list(level_metrics(level))[1])  # the score, pattern accuracy
-        if len(stats) and metric in set(stats.metric)
-    ]
+    sentences = []
+    for metric in ("score", list(level_metrics(level))[1]):  # the score, pattern accuracy
+        if len(stats) and metric in set(stats.metric):
+            title = "score" if metric == "score" else titles[metric]
+            sentences.append(summary_sentence(stats, metric, title))
+            # Where the highest mean lacks a hard fold, the best is another: say why.
+            sentences.append(best_choice_sentence(stats, metric, title, labels))
     sentences.append(warm_start_sentence(stats, trials, labels, results.warm_start))
     sentences = [s for s in sentences if s]
     where = f"validation, {LEVELS[level]}, {EPOCHS[epoch]}"
@@ -226,6 +228,17 @@ def draw_figures(
     return figures, notes
 
 
+def best_trial(built: Built) -> str:
+    """The statistics' best score (compared on shared folds, see study.stats.choose_best),
+    else the highest mean score."""
+    stats = built.stats
+    if len(stats):
+        best = stats[(stats.metric == "score") & stats.is_best.astype(bool)]
+        if len(best) and best.trial_id.iloc[0] in built.summary.index:
+            return best.trial_id.iloc[0]
+    return built.summary.index[0]
+
+
 def score_note(results: Results) -> str | None:
     """A note when the study optimised another score than the one this report ranks by."""
     if results.score_metrics == SCORE_METRICS:
@@ -287,10 +300,10 @@ def write_report(
     tables, folds, summary = built.tables, built.folds, built.summary
     labels = configuration_labels(results.trials, results.keys)
     if len(summary):
-        best_id = summary.index[0]
+        best_id = best_trial(built)
         best = (
             f"best configuration: {labels[best_id]} "
-            f"(score {summary.score.iloc[0]:.3f} = mean of the three accuracies)"
+            f"(score {summary.score[best_id]:.3f} = mean of the three accuracies)"
         )
     else:
         best = "no completed configuration"

@@ -307,6 +307,7 @@ def warm_start_sentence(
         "worse": "the difference is real",
         "equivalent": "the two are equivalent within the rope",
         "undecided": "the difference is not established",
+        "better": "yet the start is better on the folds they share",
     }.get(start.verdict, "the difference is not established")
     return (
         f"The search against its warm start: the best found ({labels.get(best.trial_id)}, "

@@ -131,7 +131,7 @@ class SeedEcho:
 
 
 def test_repeated_cross_validation_trains_every_split(ray_local, tmp_path):
-    train = tiny().replace(num_folds=3, epochs=1, fold_seed=4)
+    train = tiny().replace(num_folds=3, epochs=1, fold_seed=4, balancer="gradnorm")
     study = StudyConfig(
         name="repeated",
         train=train,
