@@ -225,7 +225,24 @@ def draw_figures(
         figures["optuna"] = []
     else:
         figures["optuna"], notes = plots.optuna_figures(study, out)
+        notes += repeated_proposals(study)
     return figures, notes
+
+
+def repeated_proposals(study) -> list[str]:
+    """A note on the proposals Optuna made of configurations already trained: none was
+    trained again (study.search), each was told its original's result."""
+    from study.search import REPEATS
+
+    repeats = [t for t in study.trials if REPEATS in t.user_attrs]
+    if not repeats:
+        return []
+    originals = sorted({t.user_attrs[REPEATS] for t in repeats})
+    return [
+        f"Optuna proposed {len(repeats)} configuration(s) already trained (those of trials "
+        f"{', '.join(originals)}); none was trained again: each was told the earlier "
+        "trial's result (optuna.db, user attribute repeats_tune_trial)"
+    ]
 
 
 def best_trial(built: Built) -> str:

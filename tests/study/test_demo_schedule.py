@@ -117,11 +117,13 @@ def test_the_demo_completes_its_four_configurations_in_every_order(
     storage = f"sqlite:///{tmp_path / study.name / 'optuna.db'}"
     optuna_trials = optuna.load_study(study_name=study.name, storage=storage).trials
     by_tune_id = {t.user_attrs.get("tune_trial_id"): t for t in optuna_trials}
-    for repeat in (t for t in optuna_trials if REPEATS in t.user_attrs):
+    repeats = [t for t in optuna_trials if REPEATS in t.user_attrs]
+    for repeat in repeats:
         original = by_tune_id[repeat.user_attrs[REPEATS]]
         assert (repeat.state, repeat.value) == (original.state, original.value)
-    # The report's tables list every trial under its own id.
+    # The report says so, and its tables list every trial under its own id.
     write_report(tmp_path / study.name)
     report = (tmp_path / study.name / "report.md").read_text()
+    assert ("Optuna proposed" in report) == bool(repeats)
     for trial_id in trials.trial_id:
         assert trial_id in report, trial_id
