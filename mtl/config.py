@@ -57,8 +57,9 @@ def choices(field: str) -> tuple[str, ...]:
 class TrainConfig:
     """Everything that decides how one fold is trained and evaluated.
 
-    Defaults are the original study's settings (EfficientNet-B4 U-Net at 384 px, Adam 1e-4,
-    batch 8, Dice loss), except `data`, which a caller always sets.
+    Defaults are the original study's model and optimisation (EfficientNet-B4 U-Net at 384
+    px, Adam 1e-4, batch 8, Dice loss) with equal task weights and stratified folds; its
+    GradNorm and fold table are `original()`'s. `data` a caller always sets.
     """
 
     # Data: a patch store made by `python -m mtl.data` (or the synthetic generator).

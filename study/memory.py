@@ -141,28 +141,36 @@ class DiskNeed:
     checkpoint_gib: float  # one fold's checkpoint
     folds: int
     running: int  # trials training at once, each keeping CHECKPOINTS_PER_RUNNING_TRIAL
-    kept: int  # finished trials keeping their latest checkpoint
+    kept: int  # finished trials keeping checkpoints
+    kept_each: int = 1  # checkpoints each kept trial keeps: its latest, or all (keep 0)
 
     @property
     def gib(self) -> float:
-        copies = self.running * CHECKPOINTS_PER_RUNNING_TRIAL + self.kept
+        copies = self.running * CHECKPOINTS_PER_RUNNING_TRIAL + self.kept * self.kept_each
         return self.checkpoint_gib * self.folds * copies
 
     def describe(self) -> str:
+        each = f" x {self.kept_each}" if self.kept_each != 1 else ""
         return (
             f"{self.gib:.1f} GiB of checkpoints at once ({self.folds} folds x "
             f"{self.checkpoint_gib:.2g} GiB x ({self.running} running trial(s) x "
-            f"{CHECKPOINTS_PER_RUNNING_TRIAL} + {self.kept} kept))"
+            f"{CHECKPOINTS_PER_RUNNING_TRIAL} + {self.kept} kept{each}))"
         )
 
 
 def disk_need(study: StudyConfig, trials_at_once: int) -> DiskNeed:
     """What the study's checkpoints take at most at once: every running trial keeps two,
-    and the `keep_checkpoints` best finished trials (all, at 0) keep their latest."""
+    and the `keep_checkpoints` best finished trials keep their latest; at 0 nothing is
+    dropped, and every trial keeps its two."""
     limit = study.max_concurrent or study.num_trials
     running = max(1, min(trials_at_once, limit, study.num_trials))
-    kept = study.keep_checkpoints or study.num_trials
-    return DiskNeed(checkpoint_gib(study.train_configs()), len(study.folds), running, kept)
+    checkpoint = checkpoint_gib(study.train_configs())
+    if study.keep_checkpoints == 0:
+        finished = study.num_trials - running
+        return DiskNeed(
+            checkpoint, len(study.folds), running, finished, CHECKPOINTS_PER_RUNNING_TRIAL
+        )
+    return DiskNeed(checkpoint, len(study.folds), running, study.keep_checkpoints)
 
 
 def check_disk(storage: str, need: DiskNeed) -> None:

@@ -231,9 +231,11 @@ class StudyConfig:
 def demo() -> StudyConfig:
     """A short Optuna + ASHA search on synthetic 64 px data, sized to finish within 10
     minutes on a 2-core laptop: 8 trials of 4 epochs, two at a time. The first four are the
-    2 x 2 of balancer (equal, GradNorm) and segmentation loss (Dice, BCE), so that the
-    comparison covers both; Optuna draws the other four; ASHA stops trials in the lower half
-    at epoch 2. A fifth of the patients is held out as a test set for the chosen one.
+    2 x 2 of balancer (equal, GradNorm) and segmentation loss (Dice, BCE), trained to the end
+    whatever the order trials reach ASHA's rung in (study.search.WarmStartASHA), so that every
+    demo compares at least these four; Optuna draws the other four, and ASHA stops those in
+    the lower half at epoch 2. A fifth of the patients is held out as a test set for the
+    chosen one.
     """
     # Every trial trains 4 epochs, so the cosine schedule keeps ASHA's rungs comparable.
     train = small().replace(epochs=4)
@@ -296,8 +298,9 @@ def search() -> StudyConfig:
     """Optuna over GradNorm's alpha, epochs, segmentation loss, balancer and its learning
     rate, with ASHA; the original model and data setting otherwise.
 
-    The search starts from the original study's six configurations (evaluated first), so its
-    report answers whether the search found better and whether the difference is real. alpha
+    The search starts from the original study's six configurations (evaluated first and
+    trained to the end), so its report answers whether the search found better and whether
+    the difference is real. alpha
     is sampled only for GradNorm trials and balancer_lr only for the balancers with learned
     weights. ASHA may prune a searched `epochs` fairly because the learning rate is constant
     (the original's): epoch k of every trial is what a k-epoch run gives, whatever its total;

@@ -53,7 +53,8 @@ def environment(code: tuple[str, bool | None] | None = None) -> dict:
     """The code and library versions of this process, and its GPU's model (None without).
 
     `code`: the code version (commit, dirty) to record instead of this process's own: a
-    trial gets the driver's, since a cluster node has the code but not its .git.
+    trial gets the driver's, so that every trial names the code the study ran, whatever a
+    node's own copy holds.
     """
     import torch
 

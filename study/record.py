@@ -18,7 +18,8 @@ Reading is strict, because a misspelt key in a hand-written file would otherwise
 default without a word: every key at every level must be a field (the error names the key,
 the file and the closest field), and every value must have the field's type. What a file
 leaves out takes the dataclasses' defaults: `train` may give only the fields that differ
-from TrainConfig's (the original study's settings), and `load_study_file` names a study
+from TrainConfig's (mtl.config: equal weights, stratified folds; `original()` holds the
+original study's settings), and `load_study_file` names a study
 without `name` after its file (`my-study.yaml`: my-study). A top-level `provenance` block
 (what ran, written by the harness beside the configuration) is a record, not configuration,
 and is ignored. A study.json written before the domains were tagged ({"values": [...]},

@@ -207,8 +207,9 @@ def run_trial(
     offload: bool = False,
 ) -> None:
     """`fold_log`: where the fold logs go (the study's experiment folder or URI); `code`: the
-    driver's code version (commit, dirty), which a cluster node without the repository's
-    .git cannot tell; `offload`: idle folds' states wait in host memory (FoldWorker)."""
+    driver's code version (commit, dirty), recorded instead of what this node's copy says
+    (which may differ, or lack .git); `offload`: idle folds' states wait in host memory
+    (FoldWorker)."""
     config = base.replace(**train_overrides(overrides))
     trial_id = tune.get_context().get_trial_id()
     versions = environment(code)

@@ -206,7 +206,8 @@ def build_tuner(
             threads=threads,
             offload=offload,
             fold_log=experiment,
-            # The driver's: a cluster node has the code but not its .git (cluster.yaml).
+            # The driver's, on every trial: what a node's own copy says may differ or be
+            # missing (a job's uploaded working_dir has no .git).
             code=code_version(),
             **({"trainer": trainer} if trainer else {}),
         ),

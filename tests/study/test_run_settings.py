@@ -98,8 +98,11 @@ def test_the_disk_estimate_counts_what_the_study_keeps_at_once():
     assert need.checkpoint_gib == pytest.approx(0.965, abs=0.005)
     assert (need.folds, need.running, need.kept) == (5, 2, 1)
     assert need.gib == pytest.approx(need.checkpoint_gib * 5 * (2 * 2 + 1))
-    keep_all = disk_need(dataclasses.replace(paper(), keep_checkpoints=0), trials_at_once=8)
-    assert (keep_all.running, keep_all.kept) == (6, 6)  # no more running than trials
+    # keep_checkpoints 0 drops nothing: every trial of the six keeps its two, at the end.
+    for at_once, running in ((8, 6), (1, 1)):  # never more running than trials
+        keep_all = disk_need(dataclasses.replace(paper(), keep_checkpoints=0), at_once)
+        assert keep_all.running == running and keep_all.kept == 6 - running
+        assert keep_all.gib == pytest.approx(need.checkpoint_gib * 5 * 6 * 2)
 
 
 def test_a_disk_that_cannot_hold_the_checkpoints_is_refused_with_the_figures(tmp_path, monkeypatch):
