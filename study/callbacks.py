@@ -32,7 +32,7 @@ STATUS_STYLE = {"completed": "green", "pruned": "yellow", "errored": "red", "run
 class ResultsWriter(Callback):
     """Rewrites epochs.parquet, trials.parquet and confusions.parquet whenever a trial ends:
     a crash of the driver never loses a finished trial. `experiment`: where the fold logs
-    are (the study's experiment folder or URI)."""
+    are (the study's experiment folder or URI: a local folder, file://, s3://, gs://)."""
 
     def __init__(self, study: StudyConfig, folder: Path, experiment: str):
         self.study, self.folder, self.experiment = study, folder, experiment
@@ -44,7 +44,9 @@ class ResultsWriter(Callback):
     def write(self, trials) -> None:
         if self.fold_logs is None:
             self.fold_logs = FoldLogReader(self.experiment)
-        records = [record(t, t.local_path, self.fold_logs) for t in trials]
+        # live: a trial's result.json is current in the driver's staging folder, and only
+        # copied to the experiment's storage (maybe a bucket) now and then (trial_folders).
+        records = [record(t, self.fold_logs, live=True) for t in trials]
         study_file = json.loads((self.folder / "study.json").read_text())
         tables = study_tables(
             records, self.study.train, self.study.score_metrics, driver_provenance(study_file)

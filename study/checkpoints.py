@@ -12,7 +12,7 @@ from ray.tune import Callback
 
 from study.presets import StudyConfig
 from study.results import status, train_overrides
-from study.storage import is_uri
+from study.storage import filesystem_and_path
 
 
 class CheckpointKeeper(Callback):
@@ -55,11 +55,8 @@ def drop_checkpoints(experiment: str, trials: pd.DataFrame, keep: int) -> list[s
     ranked = finished.assign(rank=finished.status.ne("completed")).sort_values(
         ["rank", "cv_score"], ascending=[True, False]
     )
-    if is_uri(experiment):
-        filesystem, root = fs.FileSystem.from_uri(experiment)
-    else:
-        filesystem, root = fs.LocalFileSystem(), experiment
-    trial_folders = filesystem.get_file_info(fs.FileSelector(root))
+    filesystem, root = filesystem_and_path(experiment)
+    trial_folders = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
     dropped = []
     kept = set(ranked.trial_id.iloc[:keep])
     for trial_id in ranked.trial_id:

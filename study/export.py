@@ -14,9 +14,11 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from pyarrow import fs as pafs
 
 from mtl import (
     INTENSITIES,
@@ -30,27 +32,61 @@ from mtl import (
     read_checkpoint,
     write_checkpoint,
 )
+from study.results import run_files
+from study.storage import filesystem_and_path
+
+if TYPE_CHECKING:  # Ray is imported when a checkpoint is looked up: --help stays quick
+    from ray.tune import Checkpoint
 
 
-def experiment_folder(results: Path) -> Path:
-    run = results / "run.json"
-    return Path(json.loads(run.read_text())["experiment"]) if run.exists() else results / "tune"
+def trial_checkpoints(results: Path) -> dict[str, Checkpoint]:
+    """The latest checkpoint of every trial of the study in RESULTS that has one, by trial id,
+    wherever its Ray experiment is (run.json's: a local folder, file://, s3://, gs://), as
+    Ray Checkpoints on the experiment's filesystem.
+
+    Tune names a trial's folder TRAINABLE_TRIALID_N_CONFIG_DATE and its checkpoints
+    checkpoint_NNNNNN (zero-padded: the last in name order is the latest); the trial ids
+    are those of trials.parquet.
+    """
+    from ray.tune import Checkpoint
+
+    filesystem, root = filesystem_and_path(run_files(results)[0])
+    trial_ids = pd.read_parquet(results / "trials.parquet", columns=["trial_id"]).trial_id
+    latest = {}
+    for trial_folder in _folders(filesystem, root):
+        trial_id = next((t for t in trial_ids if f"_{t}_" in trial_folder.base_name), None)
+        if trial_id is None:
+            continue
+        inside = _folders(filesystem, trial_folder.path)
+        saved = [f.path for f in inside if f.base_name.startswith("checkpoint_")]
+        if saved:
+            latest[trial_id] = Checkpoint(path=saved[-1], filesystem=filesystem)
+    return latest
 
 
-def trial_checkpoint(results: Path, trial_id: str) -> Path:
-    """The latest checkpoint folder of a trial in the study's experiment folder."""
-    folders = sorted(experiment_folder(results).glob(f"*_{trial_id}_*/checkpoint_*"))
-    if not folders:
+def _folders(filesystem: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    """The folders in PATH on `filesystem`, by name (none when PATH does not exist)."""
+    found = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted((f for f in found if f.type == pafs.FileType.Directory), key=lambda f: f.path)
+
+
+def trial_checkpoint(results: Path, trial_id: str) -> Checkpoint:
+    """The latest checkpoint of a trial of the study in RESULTS (trial_checkpoints): its
+    `as_directory()` is a local folder, a temporary copy when the experiment is in a bucket.
+    FileNotFoundError naming the trials that have one when this trial has none."""
+    checkpoints = trial_checkpoints(Path(results))
+    if trial_id not in checkpoints:
         raise FileNotFoundError(
-            f"no checkpoint of trial {trial_id} in {experiment_folder(results)}; only the best "
-            "trials keep theirs (StudyConfig.keep_checkpoints)"
+            f"trial {trial_id} has no checkpoint in {run_files(Path(results))[0]} (only the "
+            "best N trials keep theirs: --keep-checkpoints); trials with a checkpoint: "
+            f"{', '.join(sorted(checkpoints)) or 'none'}"
         )
-    return folders[-1]
+    return checkpoints[trial_id]
 
 
-def fold_model(checkpoint: Path, fold: str) -> dict:
-    """The model weights of one fold in a trial's checkpoint folder."""
-    return read_checkpoint(checkpoint / checkpoint_name(fold))["model"]
+def fold_model(checkpoint: str | Path, fold: str) -> dict:
+    """The model weights of one fold in a trial's checkpoint, a local folder (as_directory)."""
+    return read_checkpoint(Path(checkpoint) / checkpoint_name(fold))["model"]
 
 
 def trial_config(row: pd.Series) -> TrainConfig:
@@ -77,15 +113,16 @@ def export(results: str | Path, out: str | Path, trial: str = "best") -> Path:
     trials = pd.read_parquet(results / "trials.parquet")
     row = choose_trial(trials, trial)
     config = trial_config(row)
-    checkpoint = trial_checkpoint(results, row.trial_id)
-    meta = json.loads((checkpoint / "trial.json").read_text())
+    study = json.loads((results / "study.json").read_text())
+    folds = fold_labels(config.num_folds, study.get("repeats", 1))
     tmp = out.with_name(f".{out.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    study = json.loads((results / "study.json").read_text())
-    folds = fold_labels(config.num_folds, study.get("repeats", 1))
-    for fold in folds:
-        write_checkpoint(fold_model(checkpoint, fold), tmp / checkpoint_name(fold))
+    # From a bucket, the checkpoint is downloaded to a temporary folder, removed after.
+    with trial_checkpoint(results, row.trial_id).as_directory() as checkpoint:
+        meta = json.loads((Path(checkpoint) / "trial.json").read_text())
+        for fold in folds:
+            write_checkpoint(fold_model(checkpoint, fold), tmp / checkpoint_name(fold))
     model = {
         "format": MODEL_FORMAT,
         "study": study["name"],

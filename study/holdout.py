@@ -29,6 +29,7 @@ from mtl import (
     write_parquet,
 )
 from study.export import choose_trial, fold_model, trial_checkpoint, trial_config
+from study.storage import fetch_store, store_cache
 from study.summary import select_epochs
 
 TEST_COLUMNS = (
@@ -54,12 +55,15 @@ def evaluate_test_set(
     config = trial_config(best)
     if not config.held_out:
         raise ValueError("the study holds no patients out (test_patients=0): no test estimate")
-    store = open_store(config.data)
+    # A store given as a URI is read from this node's cached copy, as the trials read it.
+    store = open_store(fetch_store(config.data, store_cache()))
     rows = heldout_rows(config, store.index)
-    checkpoint = trial_checkpoint(folder, best.trial_id)
     folds = fold_labels(config.num_folds, repeats)
+    # From a bucket, the checkpoint is downloaded to a temporary folder, removed after.
+    with trial_checkpoint(folder, best.trial_id).as_directory() as checkpoint:
+        states = [fold_model(checkpoint, f) for f in folds]
     device = resolve_device(config.device)
-    models = load_models(config, [fold_model(checkpoint, f) for f in folds], device)
+    models = load_models(config, states, device)
     sums = patient_sums(config, models, store, rows, device)
     test = bootstrap(sums, RESAMPLES, seed).set_index("metric")
     cv = cross_validated(epochs, best.trial_id, list(test.index))

@@ -232,7 +232,7 @@ def draw_figures(
 def repeated_proposals(study) -> list[str]:
     """A note on the proposals Optuna made of configurations already trained: none was
     trained again (study.search), each was told its original's result."""
-    from study.search import REPEATS
+    from study.results import REPEATS
 
     repeats = [t for t in study.trials if REPEATS in t.user_attrs]
     if not repeats:

@@ -42,6 +42,7 @@ from mtl import (
     to_arrow,
     write_parquet,
 )
+from study.storage import filesystem_and_path
 
 FOLD_SCORE = "fold_score/"  # + fold: a fold's score in a Tune report
 FOLD_LOG = "folds"  # EXPERIMENT/folds/TRIAL_ID/epoch-NNNN.json
@@ -101,15 +102,9 @@ def confusion_cells(entry: Mapping) -> pd.DataFrame:
     )
 
 
-def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in location:
-        return pafs.FileSystem.from_uri(location)
-    return pafs.LocalFileSystem(), str(Path(location).resolve())
-
-
 def write_fold_log(experiment: str, trial_id: str, entry: Mapping) -> None:
     """Write one epoch of a trial's fold log, atomically (a re-run epoch replaces it)."""
-    filesystem, root = _filesystem(experiment)
+    filesystem, root = filesystem_and_path(experiment)
     folder = f"{root}/{FOLD_LOG}/{trial_id}"
     filesystem.create_dir(folder, recursive=True)
     path = f"{folder}/epoch-{entry['epoch']:04d}.json"
@@ -133,7 +128,7 @@ class FoldLogReader:
     rereads the logs whenever a trial ends)."""
 
     def __init__(self, experiment: str):
-        self.filesystem, self.root = _filesystem(experiment)
+        self.filesystem, self.root = filesystem_and_path(experiment)
         self.cache: dict[str, tuple[int, dict]] = {}  # path -> (size, entry)
 
     def read(self, trial_id: str) -> list[dict]:
@@ -155,6 +150,9 @@ class FoldLogReader:
 # The key of a searched trial's configuration that holds its Optuna trial number (set by
 # study.search.ConditionalSpace); not a TrainConfig field.
 OPTUNA_TRIAL = "optuna_trial"
+# The Optuna user attribute of a repeated proposal (study.search): the Tune trial whose
+# configuration it repeats, and whose result it was told instead of being trained.
+REPEATS = "repeats_tune_trial"
 
 
 def train_overrides(config: Mapping) -> dict:
@@ -174,31 +172,90 @@ class TrialRecord:
     fold_log: list[dict] = field(default_factory=list)  # fold_log_entry's, by epoch
 
 
-def read_reports(folder: str | os.PathLike) -> pd.DataFrame:
-    """A trial's reports from its result.json (one JSON object per line)."""
-    path = Path(folder) / "result.json"
-    if not path.exists():
-        return pd.DataFrame()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+RESULT_FILE = "result.json"  # Tune's: one JSON object per tune.report
+ERROR_FILE = "error.txt"  # Tune's: the trial's last error, at the end
+
+
+def read_text(
+    folder: str | os.PathLike, name: str, filesystem: pafs.FileSystem | None = None
+) -> str | None:
+    """The text of the file NAME in FOLDER, or None when there is none. FOLDER is a local
+    folder or a URI (s3://, gs://, file://), or a path on `filesystem` when it is given."""
+    if filesystem is None:
+        filesystem, folder = filesystem_and_path(folder)
+    try:
+        with filesystem.open_input_stream(f"{str(folder).rstrip('/')}/{name}") as stream:
+            return stream.read().decode()
+    except FileNotFoundError:
+        return None
+
+
+def parse_reports(text: str | None) -> pd.DataFrame:
+    """A trial's reports, one row per line of its result.json (empty for None)."""
+    rows = [json.loads(line) for line in (text or "").splitlines() if line.strip()]
     return pd.DataFrame(rows)
 
 
-def read_error(folder: str | os.PathLike) -> str | None:
-    path = Path(folder) / "error.txt"
-    if not path.exists():
+def last_error(text: str | None) -> str | None:
+    """The line of a trial's error.txt that says what failed (its last), None for None."""
+    if text is None:
         return None
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else "error"
 
 
-def record(trial, folder: str | os.PathLike, fold_logs: FoldLogReader) -> TrialRecord:
-    """A TrialRecord of a Tune Trial whose files (result.json, error.txt) are in `folder`."""
+def read_reports(
+    folder: str | os.PathLike, filesystem: pafs.FileSystem | None = None
+) -> pd.DataFrame:
+    """A trial's reports from the result.json in FOLDER (a local folder, a URI, or a path on
+    `filesystem`); empty when it has none."""
+    return parse_reports(read_text(folder, RESULT_FILE, filesystem))
+
+
+def read_error(folder: str | os.PathLike, filesystem: pafs.FileSystem | None = None) -> str | None:
+    """The last line of the error.txt in FOLDER (as read_reports), None when there is none."""
+    return last_error(read_text(folder, ERROR_FILE, filesystem))
+
+
+def trial_folders(trial, *, live: bool) -> list[tuple[pafs.FileSystem, str]]:
+    """Where a Tune trial's own files (result.json, error.txt) are, the freshest first.
+
+    Ray 2.60 writes them on the driver, in its staging folder (`trial.local_path`: Tune's
+    JsonLoggerCallback appends every result there and flushes it; error.txt is written
+    there), and copies that folder to the trial's folder in the experiment's storage
+    (`trial.path` on `trial.storage.storage_filesystem`: a local folder or a bucket) at each
+    experiment checkpoint, and once more, waiting for it, before fit() returns. So while
+    fit() runs (`live`: the driver's callbacks) the staging folder is the current one, but
+    only for the trials this driver ran: a resumed study's earlier trials are in the storage
+    alone. After fit(), and in another process, the storage is read (the staging folder is
+    the Ray session's, gone with it).
+    """
+    if trial.storage.trial_dir_name is None:  # never started: no files yet
+        return []
+    stored = (trial.storage.storage_filesystem, trial.path)
+    return [(pafs.LocalFileSystem(), trial.local_path), stored] if live else [stored]
+
+
+def read_trial_file(trial, name: str, *, live: bool = False) -> str | None:
+    """The text of one of a Tune trial's files from the first of its trial_folders that has
+    it; None when none has."""
+    for filesystem, folder in trial_folders(trial, live=live):
+        text = read_text(folder, name, filesystem)
+        if text is not None:
+            return text
+    return None
+
+
+def record(trial, fold_logs: FoldLogReader, *, live: bool = False) -> TrialRecord:
+    """A TrialRecord of a Tune Trial, its result.json and error.txt read where Ray keeps
+    them (trial_folders; `live`: in the driver while fit() runs)."""
+    failed = trial.status == "ERROR"
     return TrialRecord(
         trial_id=trial.trial_id,
         overrides=dict(trial.config),
         tune_status=trial.status,
-        error=read_error(folder) if trial.status == "ERROR" else None,
-        reports=read_reports(folder),
+        error=last_error(read_trial_file(trial, ERROR_FILE, live=live)) if failed else None,
+        reports=parse_reports(read_trial_file(trial, RESULT_FILE, live=live)),
         fold_log=fold_logs.read(trial.trial_id),
     )
 
@@ -346,7 +403,9 @@ def rebuild(folder: str | os.PathLike) -> StudyTables:
     experiment, root = run_files(folder)
     analysis = ExperimentAnalysis(experiment)
     fold_logs = FoldLogReader(root)
-    records = [record(t, t.path, fold_logs) for t in analysis.trials]
+    # Tune's own reader of the experiment (local or remote); the trials' files are read from
+    # the storage, where fit() left them.
+    records = [record(t, fold_logs) for t in analysis.trials]
     tables = study_tables(records, base, tuple(study["score_metrics"]), driver_provenance(study))
     write_tables(folder, tables, study["name"])
     return tables

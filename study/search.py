@@ -31,14 +31,12 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from mtl import TrainConfig, is_active
-from study.results import OPTUNA_TRIAL
+from study.results import OPTUNA_TRIAL, REPEATS
 
 logger = logging.getLogger(__name__)
 # Proposals in a row that repeat a configuration before the search is taken as exhausted (a
 # small finite space: every configuration it holds has been trained or is training).
 MAX_REPEATED_PROPOSALS = 20
-# The Optuna user attribute that names the Tune trial a repeated proposal was told from.
-REPEATS = "repeats_tune_trial"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,11 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
 
 # A URI needs a scheme of two letters or more: "C:\\data" is a Windows path, not a URI.
 _MIN_SCHEME = 2
@@ -27,6 +31,22 @@ _MIN_SCHEME = 2
 def is_uri(location: str) -> bool:
     """Whether `location` is a URI (s3://..., gs://..., file://...) rather than a plain path."""
     return len(urlparse(location).scheme) >= _MIN_SCHEME and "://" in location
+
+
+def filesystem_and_path(location: str | os.PathLike) -> tuple[FileSystem, str]:
+    """(pyarrow filesystem, path on it) of a folder or file given as a local path or a URI.
+
+    A URI (s3://bucket/prefix, gs://..., file:///abs/path, anything pyarrow.fs understands)
+    is resolved as Ray Tune resolves its storage_path, by pyarrow's FileSystem.from_uri, so
+    that the study reads and writes the experiment exactly where its trials do. A plain path
+    is on the local filesystem, made absolute ("~" expanded): pyarrow wants absolute paths.
+    """
+    from pyarrow import fs as pafs
+
+    location = str(location)
+    if is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
 
 
 def check_storage(storage_path: str, *, multi_node: bool, shared: bool = False) -> None:
@@ -70,9 +90,7 @@ def read_store_hash(location: str) -> str:
     meta_path = f"{location.rstrip('/')}/store.json"
     try:
         if is_uri(location):
-            from pyarrow import fs as pafs
-
-            filesystem, root = pafs.FileSystem.from_uri(location)
+            filesystem, root = filesystem_and_path(location)
             with filesystem.open_input_stream(f"{root.rstrip('/')}/store.json") as f:
                 text = f.read().decode()
         else:
@@ -106,7 +124,7 @@ def fetch_store(uri: str, cache_dir: str | os.PathLike) -> Path:
     from pyarrow import fs as pafs
 
     expected = read_store_hash(uri)
-    source_fs, source = pafs.FileSystem.from_uri(uri)
+    source_fs, source = filesystem_and_path(uri)
     cache_dir = Path(cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
     name = f"{Path(source.rstrip('/')).name or 'store'}-{expected}"

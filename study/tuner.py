@@ -414,5 +414,5 @@ def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.Da
     with console.status("test estimate: the best configuration on the held-out patients"):
         try:
             evaluate_test_set(folder, study.name, epochs, trials, study.repeats, study.seed)
-        except FileNotFoundError as error:  # e.g. checkpoints kept on s3://, not here
+        except FileNotFoundError as error:  # e.g. the best trial's checkpoint was deleted
             console.print(f"[yellow]no test estimate:[/yellow] {error}")

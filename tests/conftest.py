@@ -1,7 +1,11 @@
-"""Shared fixtures: tiny synthetic stores and a local Ray instance sized for a 2-core machine."""
+"""Shared fixtures: tiny synthetic stores, a local Ray instance sized for a 2-core machine,
+Ray clusters on this machine, and an S3 protocol server on loopback."""
 
 from __future__ import annotations
 
+import logging
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -89,3 +93,70 @@ def local_cluster():
         cluster.shutdown()
     if session_ray:
         start_local_ray()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """An S3 protocol server with one bucket; `env` points AWS clients at it."""
+
+    endpoint: str
+    bucket: str
+    env: dict[str, str]
+
+    def uri(self, name: str) -> str:
+        """s3://BUCKET/NAME-RANDOM: a prefix of its own for each use (the bucket is shared)."""
+        return f"s3://{self.bucket}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 protocol server (moto's server mode, on loopback only) with the bucket
+    `labbucket`, as Ray's own tests use one: pyarrow's S3 filesystem, Ray's storage and
+    checkpoints speak the real protocol to it, nothing is mocked in this process. Until the
+    module ends this process's environment points every AWS client at it (AWS_ENDPOINT_URL,
+    test credentials); processes started meanwhile inherit that, but a Ray already running
+    (ray_local) does not: its trials would not find the server (use ray_s3 or start Ray
+    after this fixture)."""
+    moto_server = pytest.importorskip("moto.server", reason="pip install -e '.[dev]'")
+    import boto3
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",  # pyarrow (FileSystem.from_uri) and boto3
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # no credentials probe of a cloud's metadata
+    }
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            boto3.client("s3").create_bucket(Bucket="labbucket")
+            yield S3Server(endpoint=env["AWS_ENDPOINT_URL"], bucket="labbucket", env=env)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_s3(s3):
+    """A local Ray started after `s3` pointed the environment at the server, so that its
+    trial and fold processes (which inherit the environment of the Ray that starts them)
+    reach it. The session's Ray (ray_local), if it was running, is started again afterwards,
+    without the server's environment."""
+    import ray
+
+    session_ray = ray.is_initialized()
+    ray.shutdown()
+    start_local_ray()
+    yield ray
+    ray.shutdown()
+    if session_ray:
+        with pytest.MonkeyPatch.context() as patch:
+            for name in s3.env:
+                patch.delenv(name, raising=False)
+            start_local_ray()

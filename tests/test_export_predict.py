@@ -140,7 +140,7 @@ def test_export_round_trips_the_fold_models(exported):
     patch = np.array(open_store(store_path).images[:4])
     masks, patterns, intensities = ensemble.predict_patches(patch)
     # The same probabilities from the fold models inside the study's checkpoint.
-    checkpoint = trial_checkpoint(study, meta["trial_id"])
+    checkpoint = Path(trial_checkpoint(study, meta["trial_id"]).path)  # a local experiment
     outputs = []
     for fold in meta["folds"]:
         net = MultiTaskUNet.from_config(ensemble.config)

@@ -108,6 +108,8 @@ class SeedEcho:
     """FoldTrainer's interface: every validation accuracy is a function of the fold's split
     seed and letter, so the table shows which split each fold worker trained."""
 
+    device = "cpu"
+
     def __init__(self, config, fold):
         self.config, self.fold, self.epoch = config, fold, 0
 
