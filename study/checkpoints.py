@@ -6,6 +6,8 @@ Works on any storage pyarrow reaches (a folder, s3://, gs://).
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 from pyarrow import fs
 from ray.tune import Callback
@@ -13,6 +15,8 @@ from ray.tune import Callback
 from study.presets import StudyConfig
 from study.results import status, train_overrides
 from study.storage import filesystem_and_path
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointKeeper(Callback):
@@ -37,7 +41,12 @@ class CheckpointKeeper(Callback):
                 "status": status(tune_status, int(result.get("epoch", 0)), epochs),
                 "cv_score": result.get("cv_score", float("nan")),
             })  # fmt: skip
-        drop_checkpoints(f"{self.experiment}/tune", pd.DataFrame(rows), self.study.keep_checkpoints)
+        try:
+            drop_checkpoints(
+                f"{self.experiment}/tune", pd.DataFrame(rows), self.study.keep_checkpoints
+            )
+        except OSError as error:  # e.g. a checkpoint Tune removed meanwhile: the end retries
+            logger.warning("checkpoints of finished trials not dropped yet: %s", error)
 
 
 def drop_checkpoints(experiment: str, trials: pd.DataFrame, keep: int) -> list[str]:
