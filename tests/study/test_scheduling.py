@@ -15,6 +15,7 @@ import torch
 
 from mtl import EpochMetrics, SplitMetrics
 from study.presets import StudyConfig, smoke
+from study.results import REPEATS
 from study.search import Choice, LogUniform
 from study.summary import configuration_labels
 from study.tuner import prepare_data, run_study
@@ -94,7 +95,14 @@ def _assert_optuna_matches_the_tables(folder, name) -> optuna.Study:
     # The cross-validated score by epoch: the fold-mean of the score metrics, averaged.
     by_epoch = val.groupby(["trial_id", "epoch"])[["pixel_acc", "pattern_acc", "intensity_acc"]]
     cv_score = by_epoch.mean().mean(axis=1)
-    assert len(study.trials) == len(trials)
+    # Every Optuna trial is a table's trial, or a repeated proposal told its original's result
+    # (study.search: no configuration is trained twice).
+    trained = [t for t in study.trials if REPEATS not in t.user_attrs]
+    assert len(trained) == len(trials)
+    by_tune_id = {t.user_attrs["tune_trial_id"]: t for t in trained}
+    for repeat in (t for t in study.trials if REPEATS in t.user_attrs):
+        original = by_tune_id[repeat.user_attrs[REPEATS]]
+        assert (repeat.state, repeat.value) == (original.state, original.value)
     for row in trials.itertuples():
         trial = study.trials[row.optuna_trial]
         assert trial.user_attrs["tune_trial_id"] == row.trial_id
