@@ -14,45 +14,23 @@ import pandas as pd
 import pytest
 import ray.cloudpickle
 
-from mtl import EpochMetrics, SplitMetrics
 from study.presets import demo
 from study.report import write_report
 from study.search import REPEATS
 from study.tuner import prepare_data, run_study
+from tests.study.test_scheduling import ScriptedTrainer
 
 pytestmark = pytest.mark.slow  # whole studies
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
 
 
-class DemoTrainer:
-    """FoldTrainer's interface; a configuration's score and its seconds per epoch are set
-    by the subclass: `score(config)` and `delay(config)`."""
+class DemoTrainer(ScriptedTrainer):
+    """A configuration's score (`score_of(config)`) and its seconds per epoch (`delay(config)`)
+    are set by the subclass."""
 
-    device = "cpu"
-
-    def __init__(self, config, fold):
-        self.config, self.fold, self.epoch = config, fold, 0
-
-    def run_epoch(self, progress=None) -> EpochMetrics:
+    def score(self) -> float:
         time.sleep(self.delay(self.config))
-        self.epoch += 1
-        s = min(self.score(self.config) + 0.01 * self.epoch, 1.0)
-        cm = tuple(tuple(0 for _ in range(7)) for _ in range(7))
-        split = SplitMetrics(
-            patches=1, loss=1 - s, loss_seg=0.0, loss_pattern=0.0, loss_intensity=0.0,
-            pixel_acc=s, dice=s, iou=s, pattern_acc=s, pattern_mca=s, intensity_acc=s,
-            pattern_confusion=cm, intensity_confusion=((0, 0), (0, 0)),
-        )  # fmt: skip
-        return EpochMetrics(epoch=self.epoch, train=split, val=split, weights=(1.0, 1.0, 1.0),
-                            seconds=0.0)  # fmt: skip
-
-    def state_dict(self) -> dict:
-        import torch
-
-        return {"epoch": torch.tensor(self.epoch)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
+        return min(self.score_of(self.config) + 0.01 * self.epoch, 1.0)
 
     @staticmethod
     def delay(config) -> float:
@@ -68,7 +46,7 @@ class WarmStartWorst(DemoTrainer):
     """The warm-start 2 x 2 scores below every searched trial: plain ASHA would stop them."""
 
     @staticmethod
-    def score(config) -> float:
+    def score_of(config) -> float:
         return 0.3 if _warm(config) else 0.5 + config.alpha / 10
 
 
@@ -76,7 +54,7 @@ class WarmStartBest(DemoTrainer):
     """The searched trials score below the warm start: ASHA stops them."""
 
     @staticmethod
-    def score(config) -> float:
+    def score_of(config) -> float:
         return 0.8 if _warm(config) else 0.2 + config.alpha / 10
 
 

@@ -7,14 +7,11 @@ import sys
 import pandas as pd
 import pytest
 import ray.cloudpickle
-import torch
 
 from mtl import (
     INTENSITIES,
     METRIC_LEVELS,
     PATTERNS,
-    EpochMetrics,
-    SplitMetrics,
     SynthSpec,
     build_synthetic_store,
     holdout_patients,
@@ -24,6 +21,7 @@ from study.holdout import TEST_COLUMNS
 from study.presets import StudyConfig, grid
 from study.stats import STATS_COLUMNS
 from study.tuner import prepare_data, run_study
+from tests.study.test_scheduling import ScriptedTrainer
 
 pytestmark = pytest.mark.slow  # whole studies
 
@@ -104,32 +102,12 @@ def test_stats_test_estimate_and_test_labels_that_the_search_never_sees(ray_loca
     pd.testing.assert_frame_equal(again, tables["a"][2])
 
 
-class SeedEcho:
-    """FoldTrainer's interface: every validation accuracy is a function of the fold's split
-    seed and letter, so the table shows which split each fold worker trained."""
+class SeedEcho(ScriptedTrainer):
+    """Every validation accuracy is a function of the fold's split seed and letter, so the
+    table shows which split each fold worker trained."""
 
-    device = "cpu"
-
-    def __init__(self, config, fold):
-        self.config, self.fold, self.epoch = config, fold, 0
-
-    def run_epoch(self, progress=None) -> EpochMetrics:
-        self.epoch += 1
-        s = 0.5 + 0.1 * self.config.fold_seed + 0.01 * "ABC".index(self.fold)
-        cm = tuple(tuple(0 for _ in range(7)) for _ in range(7))
-        split = SplitMetrics(
-            patches=1, loss=1 - s, loss_seg=0.0, loss_pattern=0.0, loss_intensity=0.0,
-            pixel_acc=s, dice=s, iou=s, pattern_acc=s, pattern_mca=s, intensity_acc=s,
-            pattern_confusion=cm, intensity_confusion=((0, 0), (0, 0)),
-        )  # fmt: skip
-        return EpochMetrics(epoch=self.epoch, train=split, val=split, weights=(1.0, 1.0, 1.0),
-                            seconds=0.0)  # fmt: skip
-
-    def state_dict(self) -> dict:
-        return {"epoch": torch.tensor(self.epoch)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
+    def score(self) -> float:
+        return 0.5 + 0.1 * self.config.fold_seed + 0.01 * "ABC".index(self.fold)
 
 
 def test_repeated_cross_validation_trains_every_split(ray_local, tmp_path):
