@@ -15,6 +15,7 @@ a GPU, measured.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import tempfile
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ FP32_BYTES = 4
 ADAM_MOMENTS = 2
 
 
+@functools.cache  # a frozen config: the placement and the disk estimate both ask
 def state_bytes(config: TrainConfig, *, with_gradients: bool = False) -> int:
     """Bytes of a fold's model (parameters, buffers) and Adam state in fp32, counted.
 

@@ -103,11 +103,11 @@ def check_resumable(study: StudyConfig, folder: Path, resume: bool) -> bool:
             "device may change)"
         )
     recorded = provenance.get("store_hash")
-    if recorded and study.train.data and read_store_hash(study.train.data) != recorded:
+    found = read_store_hash(study.train.data) if recorded and study.train.data else recorded
+    if found != recorded:
         raise ValueError(
             f"{folder} holds a study of the data with content hash {recorded}, but "
-            f"{study.train.data} has {read_store_hash(study.train.data)}; choose a new --name, "
-            "or give the study's own data"
+            f"{study.train.data} has {found}; choose a new --name, or give the study's own data"
         )
     return True
 
@@ -315,6 +315,7 @@ def run_study(
 
 
 def _run_locked(study, folder, resume, verbose, trainer, storage, placement, trackers):
+    from study.checkpoints import drop_checkpoints
     from study.memory import check_disk, disk_need
 
     resume = check_resumable(study, folder, resume)
@@ -337,8 +338,6 @@ def _run_locked(study, folder, resume, verbose, trainer, storage, placement, tra
     unfinished = int((trials.status == "unfinished").sum()) if len(trials) else 0
     if received or unfinished:  # only a signal stops fit() with trials left unfinished
         raise StudyInterrupted(received[0] if received else signal.SIGINT, unfinished)
-    from study.checkpoints import drop_checkpoints
-
     drop_checkpoints(f"{experiment}/tune", trials, study.keep_checkpoints)
     finish(study, folder, epochs, trials)
     write_study_file(study, folder, resume=True, ended=True)

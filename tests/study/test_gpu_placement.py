@@ -60,12 +60,17 @@ def test_an_impossible_placement_fails_within_seconds(one_gpu, tmp_path):
     assert not (tmp_path / "smoke" / "study.json").exists()  # nothing written
 
 
-def test_the_command_line_says_so_and_exits(one_gpu, tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "study.run", "--preset", "smoke", "--results", str(tmp_path),
-         "--address", one_gpu.address, "--storage-shared", "--gpus-per-fold", "1"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"},
+def _smoke_on(cluster, results: Path, *flags: str, timeout: int = 120):
+    """`python -m study.run --preset smoke` on the test's cluster, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "study.run", "--preset", "smoke", "--results", str(results),
+         "--address", cluster.address, "--storage-shared", *flags],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "250"},
     )  # fmt: skip
+
+
+def test_the_command_line_says_so_and_exits(one_gpu, tmp_path):
+    done = _smoke_on(one_gpu, tmp_path, "--gpus-per-fold", "1")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "error: a trial needs 5 fold workers of CPU 6, GPU 1; the cluster holds 1" in done.stdout
 
@@ -112,11 +117,7 @@ def test_a_24_gib_gpu_runs_the_study_whose_folds_do_not_fit_side_by_side(local_c
     """One GPU declaring 24 GiB and fold workers of 10 GiB: two fit, a trial has five. The
     five folds of a trial share one process on the GPU, and the study runs to the end."""
     cluster = local_cluster({"num_cpus": 2, "num_gpus": 1, "resources": {"gpu_memory_gib": 24}})
-    done = subprocess.run(
-        [sys.executable, "-m", "study.run", "--preset", "smoke", "--results", str(tmp_path),
-         "--address", cluster.address, "--storage-shared", "--fold-memory-gib", "10"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "250"},
-    )  # fmt: skip
+    done = _smoke_on(cluster, tmp_path, "--fold-memory-gib", "10", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (
         "placement: 24 GiB GPU, fold workers of 10 GiB (--fold-memory-gib): the 5 folds of a "
