@@ -209,8 +209,8 @@ def fold_memory(cpu: bool, out: Path) -> dict:
     """One training step of every model of the paper and search presets (each balancer: the
     GradNorm step keeps more alive), measured on GPU 0; rows for study/data/fold_memory.csv."""
     from mtl import measure_step_memory
-    from study.memory import FIGURES, MODEL_KEY, distinct_models
-    from study.presets import paper, search
+    from study.driver.memory import FIGURES, MODEL_KEY, distinct_models
+    from study.spec.presets import paper, search
 
     configs = distinct_models([*paper().train_configs(), *search().train_configs()])
     if cpu:
@@ -234,7 +234,7 @@ class SharedFolds:
     a GPU that cannot hold a worker per fold); run_epoch returns every fold's result."""
 
     def __init__(self, config, threads, store_hash, offload):
-        from study.trial import Folds
+        from study.driver.trial import Folds
 
         self.folds = Folds(config, tuple("ABCDE"), None, threads, store_hash, FoldTrainer, offload)
 
@@ -244,11 +244,11 @@ class SharedFolds:
 
 def paper_epoch(cpu: bool, out: Path, patients: int, memory: dict) -> dict:
     """One epoch of the paper configuration, five folds packed on the GPU as a study packs
-    them (study/placement.py), each a FoldWorker actor."""
+    them (study/driver/placement.py), each a FoldWorker actor."""
     import ray
 
-    from study.placement import cluster_nodes, plan_placement
-    from study.trial import FoldWorker
+    from study.driver.placement import cluster_nodes, plan_placement
+    from study.driver.trial import FoldWorker
 
     size = 64 if cpu else 384
     store = throughput_store(out / f"store-{size}px-{patients}p", size, patients, specimens=4)

@@ -16,8 +16,9 @@ import duckdb
 import matplotlib.pyplot as plt
 
 import study
+from study.report.summary import configuration_labels
 from study.stats import compare_to_best, summary_sentence
-from study.summary import configuration_labels, study_per_fold
+from study.stats.selection import study_per_fold
 
 plt.switch_backend("Agg")  # files, not windows: also runs without a display
 

@@ -14,11 +14,11 @@ _PUBLIC = {
     "run_preset": "study.api",
     "tables": "study.api",
     "StudyTables": "study.api",
-    "load": "study.results",
-    "load_results": "study.summary",
-    "StudyConfig": "study.presets",
-    "PRESETS": "study.presets",
-    "grid": "study.presets",
+    "load": "study.results.files",
+    "load_results": "study.report.summary",
+    "StudyConfig": "study.spec.presets",
+    "PRESETS": "study.spec.presets",
+    "grid": "study.spec.presets",
 }
 __all__ = sorted(_PUBLIC)
 

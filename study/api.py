@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.presets import StudyConfig, apply_overrides, get_preset
-from study.results import load
+from study.results.files import load
+from study.spec.presets import StudyConfig, apply_overrides, get_preset
 
 
 @dataclass(frozen=True)
@@ -44,36 +44,25 @@ def run_preset(
     cpus: int | None = None,
     trackers: Sequence[str] = (),
 ) -> StudyTables:
-    """Run (or resume) a preset by name, or a StudyConfig, with TrainConfig `overrides`
-    (as --set), on the Ray instance already started or on a new local one sized to `cpus`
-    (default: every CPU), which is shut down afterwards. `trackers`: "mlflow", "wandb", as
-    --tracker (the study-level run gets the statistics; the report is study.report's)."""
-    import ray
+    """Run (or resume) a preset by name, or a StudyConfig, with TrainConfig `overrides` as
+    typed values (`{"epochs": 3, "decoder_channels": (64, 32, 16, 8, 8)}`), on the Ray
+    instance already started or on a new local one sized to `cpus` (default: every CPU),
+    which is shut down afterwards. `trackers`: "mlflow", "wandb", as --tracker (the
+    study-level run gets the statistics; the report is study.report's). Raises
+    StudyInterrupted, after the tables are written, when a signal stopped it."""
+    from study.driver.prepare import StudyRequest
+    from study.driver.tuner import run_study
+    from study.trackers.backends import log_study
 
-    from study.trackers import check_trackers, log_study
-    from study.tuner import check_resumable, prepare_data, run_study
-
-    trackers = check_trackers(trackers)
     config = get_preset(study) if isinstance(study, str) else study
-    config = apply_overrides(config, [f"{k}={v}" for k, v in (overrides or {}).items()])
+    config = apply_overrides(config, overrides or {})
     if name:
         config = dataclasses.replace(config, name=name)
-    results = Path(results)
-    config = prepare_data(config, results)
-    check_resumable(config, (results / config.name).resolve(), resume=False)
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-                 configure_logging=False, log_to_driver=False)  # fmt: skip
-    try:
-        run_study(config, results, trackers=trackers)
-    finally:
-        if started_here:
-            ray.shutdown()
-    folder = results / config.name
-    if trackers:
-        log_study(trackers, config.name, folder, ())
-    return tables(folder)
+    request = StudyRequest(config, Path(results), cpus=cpus, trackers=tuple(trackers))
+    run_study(request)
+    if request.trackers:
+        log_study(request.trackers, config.name, request.folder, ())
+    return tables(request.folder)
 
 
 def tables(folder: str | os.PathLike) -> StudyTables:

@@ -4,9 +4,9 @@ One Ray Tune trial per configuration; each trains every fold in lockstep and rep
 cross-validated score that Optuna searches on and ASHA prunes by. Results land in
 RESULTS/NAME/: epochs.parquet, trials.parquet (rewritten as trials end), study.json,
 optuna.db (for a search) and tune/ (Ray's experiment folder, from which --resume continues).
-The study itself is assembled and run by study/tuner.py; this file reads the command line,
-starts or joins Ray, and prints the report. A study comes from a preset (study/presets.py) or
-a file (study/record.py: an earlier study's study.json, or YAML/JSON written by hand); the
+The study itself is assembled and run by study/driver/tuner.py; this file reads the command line,
+starts or joins Ray, and prints the report. A study comes from a preset (study/spec/presets.py) or
+a file (study/spec/record.py: an earlier study's study.json, or YAML/JSON written by hand); the
 other flags apply on top of either.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -23,16 +22,22 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape  # an error may quote [brackets]
 
-from mtl import add_overrides_option, add_version_option
-from study.guard import StudyBusyError, StudyInterrupted, check_results_folder, study_lock
-from study.placement import PlacementError
-from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset
-from study.record import load_study_file
-from study.storage import check_storage, check_store_on_nodes, is_uri
-from study.trackers import TRACKERS, check_trackers
-from study.tuner import check_resumable, prepare_data, run_study
+from mtl import add_overrides_option, add_version_option, parse_overrides
+from study.driver.guard import StudyBusyError, StudyInterrupted
+from study.driver.placement import PlacementError
+from study.driver.prepare import StudyRequest, prepare
+from study.driver.tuner import execute
+from study.spec.presets import PRESETS, StudyConfig, apply_overrides, get_preset
+from study.spec.record import load_study_file
+from study.storage import is_uri
+from study.trackers.backends import TRACKERS
 
 console = Console()
+# What refuses a study before or while it runs, each naming what is wrong: exit status 2.
+STUDY_ERRORS = (
+    ValueError, FileNotFoundError, FileExistsError, OSError, ConnectionError, PlacementError,
+    StudyBusyError,
+)  # fmt: skip
 
 
 def _auto_or_number(text: str) -> float | str:
@@ -104,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         metavar="N",
         help="finished trials that keep their last checkpoint (every fold's weights, for "
-        "study.export and the test estimate), best first (default 1; 0 keeps all)",
+        "study.results.export and the test estimate), best first (default 1; 0 keeps all)",
     )
     p.add_argument(
         "--address",
@@ -173,7 +178,7 @@ def resolve_study(args: argparse.Namespace) -> StudyConfig:
     else:
         study = get_preset(args.preset or "demo")
     overrides = list(args.overrides) + ([f"data={data}"] if data else [])
-    study = apply_overrides(study, overrides)
+    study = apply_overrides(study, parse_overrides(overrides))
     changes = {
         "name": args.name,
         "num_samples": args.num_samples,
@@ -188,100 +193,48 @@ def resolve_study(args: argparse.Namespace) -> StudyConfig:
     return dataclasses.replace(study, **{k: v for k, v in changes.items() if v is not None})
 
 
-def connect(address: str | None, cpus: int, verbose: bool) -> None:
-    """A fresh local Ray, or the cluster at ADDRESS (a clear error within seconds if none)."""
-    import ray
-
-    if address is None:
-        # address="local": always a new instance, never a stray cluster named by RAY_ADDRESS.
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-                 log_to_driver=verbose, configure_logging=verbose)  # fmt: skip
-        return
-    if address != "auto":
-        host, _, port = address.rpartition(":")
-        try:
-            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-        except (OSError, ValueError) as error:
-            raise ConnectionError(f"no Ray cluster at {address}: {error}") from None
-    try:
-        ray.init(address=address, log_to_driver=verbose, configure_logging=verbose)
-    except ConnectionError as error:
-        raise ConnectionError(f"cannot join the Ray cluster at {address}: {error}") from None
+def request(args: argparse.Namespace) -> StudyRequest:
+    """The study the command line asks for, and how to run it."""
+    return StudyRequest(
+        study=resolve_study(args),
+        results=Path(args.results),
+        resume=args.resume,
+        storage=args.storage,
+        storage_shared=args.storage_shared,
+        address=args.address,
+        cpus=args.cpus,
+        verbose=args.verbose,
+        trackers=tuple(args.tracker),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     args = parse_args(argv)
-    results = Path(args.results)
-    try:
-        trackers = check_trackers(args.tracker)
-        study = resolve_study(args)
-        storage = args.storage or str((results / study.name).resolve())
-        # Joining a cluster counts as multi-node even when it has one node now: an autoscaler
-        # adds GPU workers only once trials ask for them.
-        check_storage(storage, multi_node=args.address is not None, shared=args.storage_shared)
-        study = prepare_data(study, results)
-        check_resumable(study, (results / study.name).resolve(), args.resume)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        return 2
+    from study.report.document import write_report  # pandas, matplotlib: not for --help
 
     try:
-        # One driver per study folder, from here until the report is written.
-        with study_lock((results / study.name).resolve()):
-            return run_and_report(args, study, results, started, trackers)
-    except StudyBusyError as error:
+        asked = request(args)
+        with prepare(asked) as prepared:
+            try:
+                _, trials = execute(prepared)
+            except StudyInterrupted as stop:
+                interrupted, trials = stop, None
+            else:
+                interrupted = None
+            written = write_report(prepared.folder, console=console)
+    except STUDY_ERRORS as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2
+    folder = asked.folder
+    if asked.trackers:
+        from study.trackers.backends import log_study
 
-
-def run_and_report(
-    args, study: StudyConfig, results: Path, started: float, trackers: tuple[str, ...] = ()
-) -> int:
-    """Run the checked study on Ray, then write its report (and give it to the trackers);
-    the exit status."""
-    import ray
-
-    started_here = not ray.is_initialized()
-    try:
-        # Before Ray starts: a bad folder costs no start-up (run_study checks again, for
-        # callers that start Ray themselves).
-        check_results_folder(results / study.name)
-        if started_here:
-            connect(args.address, args.cpus, args.verbose)
-        unreadable = check_store_on_nodes(study.train.data)
-        if unreadable:
-            raise ConnectionError(
-                f"the data store {study.train.data} cannot be read on "
-                + "; ".join(unreadable)
-                + ". Put it on a folder every node mounts, or give an s3:// or gs:// URI"
-            )
-        epochs, trials = run_study(
-            study, results, resume=args.resume, verbose=args.verbose, storage=args.storage,
-            trackers=trackers,
-        )  # fmt: skip
-    except (ConnectionError, PlacementError, OSError) as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
-        return 2
-    except StudyInterrupted as stop:
-        interrupted = stop
-    else:
-        interrupted = None
-    finally:
-        if started_here:
-            ray.shutdown()
-
-    from study.report import write_report
-
-    written = write_report(results / study.name, console=console)
-    if trackers:
-        from study.trackers import log_study
-
-        log_study(trackers, study.name, results / study.name, written)
+        log_study(asked.trackers, asked.study.name, folder, written)
     if interrupted is not None:
         console.print(f"[yellow]{escape(str(interrupted))}[/yellow]")
         return interrupted.exit_status
-    console.print(f"results, report and plots: {(results / study.name).resolve()}")
+    console.print(f"results, report and plots: {folder}")
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
     console.print(f"elapsed: {minutes} min {seconds:02d} s")
     failed = trials[trials.status == "errored"]

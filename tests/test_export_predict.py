@@ -17,10 +17,11 @@ from mtl.data.synthetic import generate
 from mtl.model import MultiTaskUNet
 from mtl.predict import Ensemble, predict_specimen, read_grey, stitch, window_offsets
 from mtl.predict import main as predict_main
-from study.export import main as export_main
-from study.export import trial_checkpoint
-from study.presets import StudyConfig
-from study.tuner import prepare_data, run_study
+from study.driver.prepare import StudyRequest, prepare_data
+from study.driver.tuner import run_study
+from study.results.export import main as export_main
+from study.results.export import trial_checkpoint
+from study.spec.presets import StudyConfig
 
 
 @pytest.mark.parametrize(("height", "width"), [(174, 232), (100, 64), (64, 64), (130, 200)])
@@ -77,7 +78,7 @@ def exported(tmp_path_factory, ray_local):
     )  # fmt: skip
     assert ray_local.cluster_resources().get("fold_slot") == 2  # else Tune would wait forever
     study = prepare_data(study, results)
-    run_study(study, results)
+    run_study(StudyRequest(study, results))
     model = results / "model"
     assert export_main([str(results / "short"), "--out", str(model)]) == 0
     return results / "short", model

@@ -29,7 +29,7 @@ from study.stats import (
     write_stats,
     write_table,
 )
-from study.summary import study_per_fold
+from study.stats.selection import study_per_fold
 
 
 def read_per_fold(
@@ -51,7 +51,7 @@ def read_per_fold(
     folds, folder, row_names = None, None, None
     if path.is_dir():
         folder = path
-        missing = [f for f in ("epochs.parquet", "trials.parquet") if not (path / f).is_file()]
+        missing = [f for f in ("epochs.parquet", "trials.parquet") if not (path / f).exists()]
         if missing:
             raise ValueError(
                 f"{path} is a folder without {' and '.join(missing)}: not a study folder"

@@ -21,7 +21,7 @@ COMMANDS = {
     "hep2-study": "study.run",
     "hep2-report": "study.report",
     "hep2-stats": "study.stats",
-    "hep2-export": "study.export",
+    "hep2-export": "study.results.export",
     "hep2-results": "study.results",
 }
 
@@ -32,7 +32,12 @@ def _run(*command: str) -> subprocess.CompletedProcess:
 
 def test_each_command_is_its_python_m_programs_main_with_a_version(capsys):
     scripts = {ep.name: ep for ep in metadata.entry_points(group="console_scripts")}
-    mains = {"study.stats": "study.stats.cli", "mtl.data": "mtl.data.__main__"}
+    mains = {
+        "study.stats": "study.stats.cli",
+        "study.report": "study.report.document",
+        "study.results": "study.results.rebuild",
+        "mtl.data": "mtl.data.__main__",
+    }
     for script, module in COMMANDS.items():
         main = importlib.import_module(mains.get(module, module)).main
         assert scripts[script].load() is main, script

@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 import ray.cloudpickle
 
-from study.presets import demo
-from study.report import write_report
-from study.search import REPEATS
-from study.tuner import prepare_data, run_study
+from study.driver.prepare import StudyRequest, prepare_data
+from study.driver.search import REPEATS
+from study.driver.tuner import run_study
+from study.report.document import write_report
+from study.spec.presets import demo
 from tests.study.test_scheduling import ScriptedTrainer
 
 pytestmark = pytest.mark.slow  # whole studies
@@ -78,7 +79,7 @@ def test_the_demo_completes_its_four_configurations_in_every_order(
     ray_local, prepared, tmp_path, trainer
 ):
     study, _ = prepared
-    _, trials = run_study(study, tmp_path, trainer=trainer)
+    _, trials = run_study(StudyRequest(study, tmp_path, trainer=trainer))
     active = ["seg_loss", "balancer", "alpha"]
     key = trials[active].apply(lambda row: repr(tuple(row)), axis=1)
     assert not key.duplicated().any(), trials[active]  # no configuration trained twice

@@ -18,10 +18,11 @@ import pytest
 import ray
 
 from mtl import FoldTrainer
-from study.placement import PlacementError
-from study.presets import smoke
-from study.trial import allotted_device
-from study.tuner import prepare_data, run_study
+from study.driver.placement import PlacementError
+from study.driver.prepare import StudyRequest, prepare_data
+from study.driver.trial import allotted_device
+from study.driver.tuner import run_study
+from study.spec.presets import smoke
 
 pytestmark = pytest.mark.slow  # Ray clusters and whole studies
 
@@ -55,7 +56,7 @@ def test_an_impossible_placement_fails_within_seconds(one_gpu, tmp_path):
     study = prepare_data(dataclasses.replace(smoke(), gpus_per_fold=1.0), tmp_path)
     started = time.monotonic()
     with pytest.raises(PlacementError, match="a trial needs 5 fold workers of CPU 6, GPU 1"):
-        run_study(study, tmp_path)
+        run_study(StudyRequest(study, tmp_path))
     assert time.monotonic() - started < 30
     assert not (tmp_path / "smoke" / "study.json").exists()  # nothing written
 
@@ -102,7 +103,7 @@ def test_the_smoke_study_fills_fake_gpus(local_cluster, tmp_path, gpus, fraction
     # One configuration: the placement, not the grid, is under test.
     study = dataclasses.replace(study, configurations=study.configurations[:1])
     study = prepare_data(study, tmp_path)
-    epochs, trials = run_study(study, tmp_path, trainer=RecordingTrainer)
+    epochs, trials = run_study(StudyRequest(study, tmp_path, trainer=RecordingTrainer))
     assert (trials.status == "completed").all() and len(trials) == len(study.configurations)
     seen = [json.loads(p.read_text()) for p in records.glob("*.json")]
     assert len(seen) == 5 * len(study.configurations)

@@ -9,8 +9,8 @@ from collections import namedtuple
 
 import pytest
 
-import study.guard
-from study.guard import (
+import study.driver.guard
+from study.driver.guard import (
     StudyBusyError,
     StudyInterrupted,
     check_results_folder,
@@ -21,7 +21,7 @@ from study.guard import (
 HOLD = """
 import sys, time
 from pathlib import Path
-from study.guard import study_lock
+from study.driver.guard import study_lock
 with study_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(600)
@@ -40,15 +40,18 @@ def test_a_second_process_is_refused_and_a_dead_holder_needs_no_clean_up(tmp_pat
     finally:
         holder.kill()  # as a crash would: no clean-up
         holder.wait()
-    # The lock went with the process; and it is re-entrant within one.
-    with study_lock(folder), study_lock(folder):
+    # The lock went with the process. It is taken once per study (study.driver.prepare): a
+    # second taking, even in the same process, is refused.
+    with study_lock(folder):
         assert f"process {os.getpid()}" in (folder / ".lock").read_text()
+        with pytest.raises(StudyBusyError), study_lock(folder):
+            pass
 
 
 def test_a_read_only_or_full_results_folder_is_refused(tmp_path, monkeypatch):
     check_results_folder(tmp_path / "ok")
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(study.guard.shutil, "disk_usage", lambda _: Usage(10, 10, 2**20))
+    monkeypatch.setattr(study.driver.guard.shutil, "disk_usage", lambda _: Usage(10, 10, 2**20))
     with pytest.raises(OSError, match="0.00 GiB free"):
         check_results_folder(tmp_path / "full")
     monkeypatch.undo()
@@ -56,7 +59,7 @@ def test_a_read_only_or_full_results_folder_is_refused(tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise OSError(30, "Read-only file system")
 
-    monkeypatch.setattr(study.guard.tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(study.driver.guard.tempfile, "NamedTemporaryFile", read_only)
     with pytest.raises(OSError, match="cannot be written: .*Read-only"):
         check_results_folder(tmp_path / "ro")
 

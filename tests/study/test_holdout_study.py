@@ -17,10 +17,11 @@ from mtl import (
     holdout_patients,
     tiny,
 )
-from study.holdout import TEST_COLUMNS
-from study.presets import StudyConfig, grid
+from study.driver.holdout import TEST_COLUMNS
+from study.driver.prepare import StudyRequest, prepare_data
+from study.driver.tuner import run_study
+from study.spec.presets import StudyConfig, grid
 from study.stats import STATS_COLUMNS
-from study.tuner import prepare_data, run_study
 from tests.study.test_scheduling import ScriptedTrainer
 
 pytestmark = pytest.mark.slow  # whole studies
@@ -57,7 +58,7 @@ def test_stats_test_estimate_and_test_labels_that_the_search_never_sees(ray_loca
     tables = {}
     for name, data in (("a", str(store.path)), ("b", twin)):
         config = prepare_data(study(name, data), tmp_path)
-        epochs, trials = run_study(config, tmp_path)
+        epochs, trials = run_study(StudyRequest(config, tmp_path))
         tables[name] = (epochs, trials, pd.read_parquet(tmp_path / name / "test.parquet"))
 
     # One stats row per (completed trial, metric), exactly one best per metric.
@@ -97,7 +98,7 @@ def test_stats_test_estimate_and_test_labels_that_the_search_never_sees(ray_loca
 
     # A resumed study evaluates the test set again (nothing to train).
     (tmp_path / "a" / "test.parquet").unlink()
-    run_study(prepare_data(study("a", str(store.path)), tmp_path), tmp_path, resume=True)
+    run_study(StudyRequest(study("a", str(store.path)), tmp_path, resume=True))
     again = pd.read_parquet(tmp_path / "a" / "test.parquet")
     pd.testing.assert_frame_equal(again, tables["a"][2])
 
@@ -119,7 +120,7 @@ def test_repeated_cross_validation_trains_every_split(ray_local, tmp_path):
         repeats=2,
         synthetic=SynthSpec(patients=10, size=64, specimens=1, seed=0),
     )
-    epochs, trials = run_study(prepare_data(study, tmp_path), tmp_path, trainer=SeedEcho)
+    epochs, trials = run_study(StudyRequest(study, tmp_path, trainer=SeedEcho))
     val = epochs[epochs.split == "val"].set_index(["trial_id", "fold"]).pixel_acc
     for trial_id in trials.trial_id:
         # Repeat r trains the split of fold_seed + r - 1.

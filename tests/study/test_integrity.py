@@ -14,8 +14,8 @@ from mtl import (
     checkpoint_name,
     read_checkpoint,
 )
+from study.driver.trial import restore
 from study.run import main as run_main
-from study.trial import restore
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mtl import MultiTaskUNet, measure_step_memory, state_bytes, tiny
-from study import memory
-from study.memory import MemoryFigure, fold_memory, stored_figure
-from study.presets import paper, smoke
+from study.driver import memory
+from study.driver.memory import MemoryFigure, fold_memory, stored_figure
+from study.spec.presets import paper, smoke
 
 HEADER = memory.FIGURES.read_text().splitlines()[0]
 

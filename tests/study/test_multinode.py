@@ -8,9 +8,10 @@ import time
 import pytest
 from pyarrow import fs
 
-from study.presets import StudyConfig, smoke
+from study.driver.prepare import StudyRequest, fold_placement, prepare_data
+from study.driver.tuner import run_study
+from study.spec.presets import StudyConfig, smoke
 from study.storage import filesystem_and_path
-from study.tuner import fold_placement, prepare_data, run_study
 
 pytestmark = pytest.mark.slow  # a Ray cluster of several nodes
 
@@ -72,7 +73,7 @@ def test_folds_spread_over_nodes_and_survive_a_lost_node(local_cluster, tmp_path
 
     killer = threading.Thread(target=lose_a_node_after_the_second_checkpoint)
     killer.start()
-    epochs, trials = run_study(study, tmp_path, storage=bucket)
+    epochs, trials = run_study(StudyRequest(study, tmp_path, storage=bucket))
     killer.join()
 
     assert "node" in lost

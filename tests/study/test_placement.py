@@ -1,11 +1,11 @@
-"""The automatic placement of fold workers (study/placement.py): the rule on made-up
+"""The automatic placement of fold workers (study/driver/placement.py): the rule on made-up
 clusters, the errors of impossible placements, the device of a fold allotted no GPU."""
 
 from __future__ import annotations
 
 import pytest
 
-from study.placement import NodeShape, PlacementError, _autoscaler_node_types, plan_placement
+from study.driver.placement import NodeShape, PlacementError, _autoscaler_node_types, plan_placement
 
 
 def _gpu_node(gpus: int, cpus: int = 16, memory: float | None = 141.0, count: int = 1):

@@ -1,7 +1,8 @@
 import pytest
 
-from study.presets import PRESETS, StudyConfig, apply_overrides, get_preset, grid, paper, smoke
-from study.search import Choice, IntRange, LogUniform
+from mtl import parse_overrides
+from study.spec.presets import PRESETS, StudyConfig, apply_overrides, get_preset, grid, paper, smoke
+from study.spec.space import Choice, IntRange, LogUniform
 
 
 def test_every_preset_is_a_valid_study():
@@ -46,16 +47,18 @@ def test_invalid_study_values_are_rejected_naming_the_field():
 
 
 def test_set_overrides_fields_with_their_types():
-    study = apply_overrides(smoke(), ["epochs=3", "lr=0.01", "decoder_channels=8,8,8,8,8"])
+    study = apply_overrides(
+        smoke(), parse_overrides(["epochs=3", "lr=0.01", "decoder_channels=8,8,8,8,8"])
+    )
     assert study.train.epochs == 3 and study.train.lr == 0.01
     assert study.train.decoder_channels == (8, 8, 8, 8, 8)
 
 
 def test_set_on_a_varied_field_fixes_it():
-    study = apply_overrides(smoke(), ["seg_loss=bce"])
+    study = apply_overrides(smoke(), parse_overrides(["seg_loss=bce"]))
     assert study.configurations == () and study.train.seg_loss == "bce"
     assert study.num_trials == 1
-    search = apply_overrides(get_preset("search"), ["balancer=equal"])
+    search = apply_overrides(get_preset("search"), parse_overrides(["balancer=equal"]))
     assert "balancer" not in search.space and search.train.balancer == "equal"
 
 
@@ -70,7 +73,7 @@ def test_set_on_a_varied_field_fixes_it():
 )
 def test_bad_overrides_name_the_field(pair, message):
     with pytest.raises(ValueError, match=message):
-        apply_overrides(smoke(), [pair])
+        apply_overrides(smoke(), parse_overrides([pair]))
 
 
 def test_unknown_preset_lists_the_choices():

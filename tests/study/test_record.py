@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtl import SynthSpec, TrainConfig, original
-from study import run as run_module
-from study.presets import PRESETS, StudyConfig, apply_overrides, smoke
-from study.record import load_study_file, study_from_record, study_record
+from mtl import SynthSpec, TrainConfig, original, parse_overrides
+from study.driver import prepare as prepare_module
 from study.run import main, parse_args, resolve_study
-from study.search import Choice, IntRange, LogUniform
+from study.spec.presets import PRESETS, StudyConfig, apply_overrides, smoke
+from study.spec.record import load_study_file, study_from_record, study_record
+from study.spec.space import Choice, IntRange, LogUniform
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -40,7 +40,9 @@ def test_domains_are_tagged_and_a_resolved_study_round_trips():
         "balancer_lr": {"log_uniform": [1e-4, 0.1]},
     }
     # What run_study writes: data and held-out patients filled in, overrides applied.
-    resolved = apply_overrides(search, ["data=/stores/x", "decoder_channels=8,8,8,8,8"])
+    resolved = apply_overrides(
+        search, parse_overrides(["data=/stores/x", "decoder_channels=8,8,8,8,8"])
+    )
     resolved = dataclasses.replace(resolved, train=resolved.train.replace(held_out=(3, 17)))
     assert study_from_record(json.loads(json.dumps(study_record(resolved)))) == resolved
 
@@ -180,7 +182,7 @@ def test_flags_apply_on_top_of_the_file(tmp_path):
     path = write(tmp_path, json.dumps(study_record(smoke())), "study.json")
     argv = ["--config", str(path), "--set", "epochs=1", "--name", "again", "--repeats", "2"]
     assert resolve_study(parse_args(argv)) == dataclasses.replace(
-        apply_overrides(smoke(), ["epochs=1"]), name="again", repeats=2
+        apply_overrides(smoke(), parse_overrides(["epochs=1"])), name="again", repeats=2
     )
     # A file may leave its data to --data: the study is checked with it.
     dataless = write(tmp_path, "name: x\ntrain: {epochs: 2}\n")
@@ -193,8 +195,8 @@ def test_a_misspelt_key_stops_the_command_before_data_or_ray(tmp_path, capsys, m
     def never(*args, **kwargs):
         raise AssertionError("reached work that a bad study file must prevent")
 
-    monkeypatch.setattr(run_module, "prepare_data", never)
-    monkeypatch.setattr(run_module, "connect", never)
+    monkeypatch.setattr(prepare_module, "prepare_data", never)
+    monkeypatch.setattr(prepare_module, "connect", never)
     path = write(tmp_path, "name: x\nsynthetic: {}\ntrain: {epohcs: 3}\n", "typo.yaml")
     assert main(["--config", str(path), "--results", str(tmp_path)]) == 2
     printed = "".join(capsys.readouterr().out.split())  # rich wraps long lines

@@ -13,9 +13,10 @@ import pytest
 import ray.cloudpickle
 
 from mtl import FoldTrainer
-from study.presets import smoke
-from study.report import write_report
-from study.tuner import prepare_data, run_study
+from study.driver.prepare import StudyRequest
+from study.driver.tuner import run_study
+from study.report.document import write_report
+from study.spec.presets import smoke
 
 pytestmark = pytest.mark.slow  # whole studies, killed and resumed
 
@@ -86,7 +87,7 @@ def test_a_crashed_fold_worker_is_retried_from_its_checkpoint(ray_local, tmp_pat
     CrashingTrainer.marker = tmp_path / "crashed"
     study = smoke()
     study = dataclasses.replace(study, name="crash", train=study.train.replace(epochs=EPOCHS))
-    run_study(prepare_data(study, tmp_path), tmp_path, trainer=CrashingTrainer)
+    run_study(StudyRequest(study, tmp_path, trainer=CrashingTrainer))
     assert CrashingTrainer.marker.exists()  # the crash happened
     epochs = _assert_complete(tmp_path / "crash")
     assert epochs.groupby("trial_id").size().tolist() == [5 * EPOCHS * 2] * 2
@@ -139,7 +140,7 @@ def test_a_diverged_fold_errors_its_trial_and_the_study_goes_on(ray_local, tmp_p
     study = dataclasses.replace(
         study, name="diverge", train=study.train.replace(epochs=1), max_failures=0
     )
-    _, trials = run_study(prepare_data(study, tmp_path), tmp_path, trainer=DivergingTrainer)
+    _, trials = run_study(StudyRequest(study, tmp_path, trainer=DivergingTrainer))
     by_loss = trials.set_index("seg_loss")
     assert by_loss.at["dice", "status"] == "completed"
     assert by_loss.at["bce", "status"] == "errored"

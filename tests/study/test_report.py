@@ -19,18 +19,18 @@ import pytest
 from rich.console import Console
 
 from mtl import INTENSITIES, PATTERNS, tiny
-from study import plots
-from study.report import main, write_report
-from study.summary import (
+from study.report import plots
+from study.report.document import main, write_report
+from study.report.summary import (
     compare_with_original,
     configuration_labels,
     fold_table,
     original_results,
-    select_epochs,
     stopped_trials,
     study_keys,
     summarise,
 )
+from study.stats.selection import select_epochs
 
 FOLDS = "ABCDE"
 EPOCHS = (1, 2, 3)
@@ -414,9 +414,11 @@ def test_command_line(results, capsys):
 
 def test_the_score_is_defined_once():
     import mtl
-    from study import presets, report, results, summary
+    from study.report import document, summary
+    from study.results import tables
+    from study.spec import presets
 
-    for module in (presets, report, results, summary):
+    for module in (presets, document, tables, summary):
         assert module.SCORE_METRICS is mtl.SCORE_METRICS, module
 
 

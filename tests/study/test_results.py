@@ -3,19 +3,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mtl import SCHEMA_VERSION, EpochMetrics, SplitMetrics, TrainConfig, tiny
-from study.results import (
-    FoldLogReader,
-    TrialRecord,
-    epoch_report,
-    fold_log_entry,
-    fold_summary,
-    load,
-    study_tables,
-    write_fold_log,
-    write_parquet,
-    write_tables,
-)
+from mtl import SCHEMA_VERSION, EpochMetrics, SplitMetrics, TrainConfig, tiny, write_parquet
+from study.results.files import load, write_tables
+from study.results.foldlog import FoldLogReader, epoch_report, fold_log_entry, write_fold_log
+from study.results.tables import TrialRecord, fold_summary, study_tables
 
 NODE = {"node": "host-a", "node_ip": "127.0.0.1", "node_id": "abc", "device": "cpu"}
 

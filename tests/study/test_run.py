@@ -59,7 +59,7 @@ def test_smoke_study_writes_both_tables(ray_local, tmp_path, capsys):
         assert trials[column].notna().all(), column
     assert str(trials.started.dtype) == "datetime64[us, UTC]"
     assert (trials.started <= trials.ended).all()
-    # Only the best trial keeps its checkpoint (every fold's final state) for study.export.
+    # Only the best trial keeps its checkpoint (every fold's final state) for study.results.export.
     best = trials.loc[trials.cv_score.idxmax()].trial_id
     kept = sorted(p.parent.name for p in out.glob("tune/*/checkpoint_*"))
     assert len(kept) == 1 and f"_{best}_" in kept[0]

@@ -9,18 +9,22 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import ray.cloudpickle
 
 from mtl import build_synthetic_store
-from study import memory, provenance
-from study.export import export
-from study.memory import DiskNeed, check_disk, disk_need
-from study.presets import paper, smoke
+from study import provenance
+from study.driver import memory
+from study.driver.memory import DiskNeed, check_disk, disk_need
+from study.driver.prepare import PreparedStudy, StudyRequest, check_resumable, prepare_data
+from study.driver.tuner import run_study, write_study_file
+from study.results.export import export
 from study.run import main
-from study.tuner import check_resumable, prepare_data, run_study, write_study_file
+from study.spec.presets import paper, smoke
+from study.storage import read_store_hash
 from tests.study.test_scheduling import ScriptedTrainer
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
@@ -32,8 +36,25 @@ def recorded(tmp_path):
     study = prepare_data(smoke(), tmp_path)
     folder = tmp_path / study.name
     folder.mkdir()
-    write_study_file(study, folder, resume=False)
+    placement = SimpleNamespace(plan=SimpleNamespace(describe=lambda: "folds in one process"))
+    write_study_file(
+        PreparedStudy(
+            study,
+            folder,
+            str(folder),
+            resume=False,
+            store_hash=store_hash(study),
+            placement=placement,
+            trackers=(),
+            verbose=False,
+            trainer=None,
+        )  # fmt: skip
+    )
     return study, folder
+
+
+def store_hash(study) -> str:
+    return read_store_hash(study.train.data)
 
 
 @pytest.mark.parametrize(
@@ -49,7 +70,7 @@ def recorded(tmp_path):
 )
 def test_a_resume_may_change_how_the_study_runs(recorded, change):
     study, folder = recorded
-    assert check_resumable(dataclasses.replace(study, **change), folder, resume=True)
+    assert check_resumable(dataclasses.replace(study, **change), folder, True, store_hash(study))
 
 
 def test_a_resume_may_move_the_data_and_the_device(recorded, tmp_path):
@@ -57,7 +78,8 @@ def test_a_resume_may_move_the_data_and_the_device(recorded, tmp_path):
     moved = tmp_path / "elsewhere"
     Path(study.train.data).rename(moved)  # the same store, at another path
     train = study.train.replace(data=str(moved), device="cuda", num_workers=4)
-    assert check_resumable(dataclasses.replace(study, train=train), folder, resume=True)
+    moved_study = dataclasses.replace(study, train=train)
+    assert check_resumable(moved_study, folder, True, store_hash(moved_study))
 
 
 @pytest.mark.parametrize(
@@ -74,7 +96,7 @@ def test_a_resume_with_another_study_field_is_refused_naming_it(recorded, change
     if "train" in change:
         change = {"train": study.train.replace(**change["train"])}
     with pytest.raises(ValueError, match=rf"holds another study: {field} differ"):
-        check_resumable(dataclasses.replace(study, **change), folder, resume=True)
+        check_resumable(dataclasses.replace(study, **change), folder, True, store_hash(study))
 
 
 def test_a_resume_on_other_data_is_refused(recorded, tmp_path):
@@ -86,6 +108,7 @@ def test_a_resume_on_other_data_is_refused(recorded, tmp_path):
             dataclasses.replace(study, train=study.train.replace(data=str(other.path))),
             tmp_path / study.name,
             resume=True,
+            store_hash=other.content_hash,
         )
 
 
@@ -133,7 +156,7 @@ def test_a_finished_study_resumes_with_other_run_settings_and_records_them(
     have no .git."""
     monkeypatch.setattr(provenance, "code_version", lambda: ("0123abc", True))
     study = prepare_data(smoke(), tmp_path)
-    run_study(study, tmp_path, trainer=ScriptedTrainer)
+    run_study(StudyRequest(study, tmp_path, trainer=ScriptedTrainer))
     before = pd.read_parquet(tmp_path / "smoke" / "epochs.parquet")
     argv = ["--preset", "smoke", "--results", str(tmp_path), "--resume"]
     assert main([*argv, "--cpus-per-fold", "1", "--max-concurrent", "2"]) == 0
@@ -158,7 +181,7 @@ def test_a_study_refused_for_its_disk_writes_nothing(ray_local, tmp_path, monkey
     monkeypatch.setattr(memory, "free_gib", lambda folder: 0.0)
     study = prepare_data(smoke(), tmp_path)
     with pytest.raises(OSError, match="disk: the study keeps up to"):
-        run_study(study, tmp_path, trainer=ScriptedTrainer)
+        run_study(StudyRequest(study, tmp_path, trainer=ScriptedTrainer))
     assert not (tmp_path / "smoke" / "study.json").exists()
 
 

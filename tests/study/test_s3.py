@@ -12,19 +12,12 @@ import pytest
 from pyarrow import fs
 
 from mtl import EpochMetrics, SplitMetrics
-from study.export import main as export_main
-from study.export import trial_checkpoint, trial_checkpoints
-from study.results import (
-    FOLD_LOG,
-    TABLES,
-    FoldLogReader,
-    fold_log_entry,
-    read_error,
-    read_reports,
-    record,
-    write_fold_log,
-)
-from study.results import main as results_main
+from study.results.export import main as export_main
+from study.results.export import trial_checkpoint, trial_checkpoints
+from study.results.files import TABLES
+from study.results.foldlog import FOLD_LOG, FoldLogReader, fold_log_entry, write_fold_log
+from study.results.rebuild import main as results_main
+from study.results.tables import read_error, read_reports, record
 from study.run import main
 from study.storage import filesystem_and_path
 
@@ -184,7 +177,7 @@ def test_a_study_on_s3_storage_tables_test_estimate_export_rebuild_and_resume(
     kept = trial_checkpoints(out)
     assert list(kept) == [best] and kept[best].path.endswith("checkpoint_000001")
 
-    # study.export of the best trial: its fold models, from the bucket.
+    # study.results.export of the best trial: its fold models, from the bucket.
     model = tmp_path / "model"
     assert export_main([str(out), "--out", str(model)]) == 0
     meta = json.loads((model / "model.json").read_text())

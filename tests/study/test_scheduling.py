@@ -14,11 +14,12 @@ import ray.cloudpickle
 import torch
 
 from mtl import EpochMetrics, SplitMetrics
-from study.presets import StudyConfig, smoke
-from study.results import REPEATS
-from study.search import Choice, LogUniform
-from study.summary import configuration_labels
-from study.tuner import prepare_data, run_study
+from study.driver.prepare import StudyRequest, prepare_data
+from study.driver.tuner import run_study
+from study.report.summary import configuration_labels
+from study.results.tables import REPEATS
+from study.spec.presets import StudyConfig, smoke
+from study.spec.space import Choice, LogUniform
 
 pytestmark = pytest.mark.slow  # a whole study
 
@@ -74,7 +75,7 @@ def test_asha_uses_the_fold_mean_and_optuna_records_pruned_trials(ray_local, tmp
         synthetic=smoke().synthetic,
     )
     study = prepare_data(study, tmp_path)
-    _, trials = run_study(study, tmp_path, trainer=ScriptedTrainer)
+    _, trials = run_study(StudyRequest(study, tmp_path, trainer=ScriptedTrainer))
 
     best = trials.loc[trials.alpha.idxmax()]
     assert best.status == "completed" and best.epochs_run == 4
@@ -132,7 +133,7 @@ def test_an_equal_weight_trial_has_no_alpha_anywhere(ray_local, tmp_path):
         max_concurrent=1,
         synthetic=smoke().synthetic,
     )
-    _, trials = run_study(prepare_data(study, tmp_path), tmp_path, trainer=ScriptedTrainer)
+    _, trials = run_study(StudyRequest(study, tmp_path, trainer=ScriptedTrainer))
     optuna_study = _assert_optuna_matches_the_tables(tmp_path / "conditional", "conditional")
     # The warm start ran first, as given.
     first = trials.sort_values("optuna_trial").head(2)

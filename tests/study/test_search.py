@@ -9,18 +9,16 @@ import optuna
 import pytest
 from ray.tune.search import Searcher
 
-from mtl import tiny
-from study.presets import StudyConfig, apply_overrides, get_preset, smoke
-from study.search import (
+from mtl import parse_overrides, tiny
+from study.driver.search import (
     MAX_REPEATED_PROPOSALS,
     REPEATS,
-    Choice,
-    IntRange,
-    LogUniform,
     grid_search,
     limit_concurrency,
     optuna_search,
 )
+from study.spec.presets import StudyConfig, apply_overrides, get_preset, smoke
+from study.spec.space import Choice, IntRange, LogUniform
 
 SPACE = {
     "balancer": Choice(("equal", "gradnorm", "uncertainty", "dwa")),
@@ -118,7 +116,7 @@ def test_the_search_preset_starts_from_the_original_six():
     }
     assert all(p["balancer"] == "gradnorm" for p in search.warm_start)
     # Fixing the balancer keeps the points, less the fields the balancer does not read.
-    equal = apply_overrides(search, ["balancer=equal"])
+    equal = apply_overrides(search, parse_overrides(["balancer=equal"]))
     assert all(set(p) == {"seg_loss", "epochs"} for p in equal.warm_start)
 
 

@@ -28,7 +28,7 @@ from study.stats import (
     write_stats,
 )
 from study.stats.cli import main, read_per_fold
-from study.summary import study_per_fold
+from study.stats.selection import study_per_fold
 
 FOLDS = "ABCDE"
 # A 5-fold example. `best` has the highest mean (0.81); `worse` is 0.06 below it on every
@@ -515,7 +515,7 @@ def test_the_module_stays_light():
 
 
 def test_the_warm_start_sentence_says_whether_the_search_beat_its_start():
-    from study.summary import warm_start_sentence
+    from study.report.summary import warm_start_sentence
 
     per_fold = pd.DataFrame(
         [

@@ -15,13 +15,14 @@ import pytest
 from rich.console import Console
 from scipy.stats import t as t_dist
 
-from study.render import (
+from study.report.document import best_trial, build_tables
+from study.report.render import (
     comparison_report_table,
     markdown_table,
     ranking_report_table,
     statistics_report_table,
 )
-from study.report import best_trial, build_tables
+from study.report.summary import Results
 from study.stats import (
     DECISION,
     best_choice_sentence,
@@ -32,7 +33,6 @@ from study.stats import (
     verdict,
 )
 from study.stats.cli import main, print_stats
-from study.summary import Results
 
 # `a` lacks fold E, the hard one, and has the highest mean over its own folds (0.8025);
 # `b` beats it by 0.03 to 0.036 on each of the four folds they share, but fold E (0.60)

@@ -16,11 +16,12 @@ import pytest
 import ray.cloudpickle
 from tensorboardX.proto import event_pb2
 
-from study.presets import StudyConfig, smoke
-from study.results import TABLES, load
-from study.results import main as results_main
+from study.driver.prepare import StudyRequest
+from study.driver.tuner import run_study
+from study.results.files import TABLES, load
+from study.results.rebuild import main as results_main
 from study.run import main
-from study.tuner import prepare_data, run_study
+from study.spec.presets import StudyConfig, smoke
 from tests.study.test_scheduling import ScriptedTrainer
 
 pytestmark = pytest.mark.slow  # whole studies
@@ -56,7 +57,7 @@ def results(ray_local, tmp_path_factory) -> Path:
         synthetic=smoke().synthetic,
         max_failures=0,
     )
-    run_study(prepare_data(study, results), results, trainer=FailingTrainer)
+    run_study(StudyRequest(study, results, trainer=FailingTrainer))
     return results
 
 

@@ -12,11 +12,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from study.presets import get_preset
-from study.record import study_record
 from study.run import main
-from study.tracker_callbacks import StudyMLflowCallback, StudyWandbCallback
-from study.trackers import check_trackers, trial_params, wandb_mode, wandb_run_id
+from study.spec.presets import get_preset
+from study.spec.record import study_record
+from study.trackers.backends import check_trackers, trial_params, wandb_mode, wandb_run_id
+from study.trackers.callbacks import StudyMLflowCallback, StudyWandbCallback
 
 
 @dataclasses.dataclass(eq=False)  # hashed by identity, as Tune's trials are

@@ -9,8 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from mtl import epoch_frame, tiny
-from study.trial import FoldWorker
+from mtl import SCORE_METRICS, epoch_frame, tiny
+from study.driver.trial import FoldWorker, TrialSetup
+
+
+def fold_setup(config, store, tmp_path, offload=False) -> TrialSetup:
+    """A one-thread trial setup for fold workers made here, not by a trial."""
+    return TrialSetup(
+        base=config, folds=("A", "B"), score_metrics=SCORE_METRICS,
+        store_hash=store.content_hash, fold_log=str(tmp_path), threads=1, offload=offload,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -35,7 +43,7 @@ def test_the_cli_and_the_study_s_fold_worker_train_alike(tiny_store, tmp_path, o
     by_cli = pd.read_parquet(tmp_path / "cli" / "epochs.parquet")
 
     config = tiny().replace(data=str(tiny_store.path))
-    worker = FoldWorker(config, "B", threads=1, store_hash=tiny_store.content_hash)
+    worker = FoldWorker(config, "B", fold_setup(config, tiny_store, tmp_path))
     epochs = [worker.run_epoch()[0] for _ in range(config.epochs)]
     by_worker = epoch_frame("single", "B", epochs)
 
@@ -50,14 +58,14 @@ def test_the_cli_and_the_study_s_fold_worker_train_alike(tiny_store, tmp_path, o
         ), column
 
 
-def test_an_offloaded_fold_trains_exactly_as_a_resident_one(tiny_store, one_thread):
+def test_an_offloaded_fold_trains_exactly_as_a_resident_one(tiny_store, tmp_path, one_thread):
     """Folds that share one GPU may wait in host memory between epochs (FoldWorker's
     `offload`): the trainer is released and opened again from the state's bytes, and the
     fold trains on exactly as one that stayed resident."""
     config = tiny().replace(data=str(tiny_store.path), epochs=2)
     runs = {}
     for offload in (False, True):
-        worker = FoldWorker(config, "A", 1, tiny_store.content_hash, offload=offload)
+        worker = FoldWorker(config, "A", fold_setup(config, tiny_store, tmp_path, offload))
         runs[offload] = [worker.run_epoch()[0] for _ in range(config.epochs)]
         assert (worker.trainer is None) == offload  # parked between epochs
         assert worker.state()  # a checkpoint's bytes either way

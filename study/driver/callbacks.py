@@ -15,52 +15,50 @@ from rich.live import Live
 from rich.table import Table
 
 from mtl import is_active
-from study.presets import StudyConfig
-from study.results import (
-    FoldLogReader,
-    driver_provenance,
-    record,
-    status,
-    study_tables,
-    train_overrides,
-    write_tables,
-)
+from study.results.files import write_trial
+from study.results.foldlog import FoldLogReader
+from study.results.rebuild import driver_provenance
+from study.results.tables import record, status, study_tables, train_overrides
+from study.spec.presets import StudyConfig
 
 STATUS_STYLE = {"completed": "green", "pruned": "yellow", "errored": "red", "running": "cyan"}
 
 
 class ResultsWriter(Callback):
-    """Rewrites epochs.parquet, trials.parquet and confusions.parquet whenever a trial ends:
-    a crash of the driver never loses a finished trial. `experiment`: where the fold logs
-    are (the study's experiment folder or URI: a local folder, file://, s3://, gs://)."""
+    """Writes each trial's rows of epochs, trials and confusions as the trial ends, as the
+    trial's own files (study/results/files.py): a crash of the driver never loses a finished
+    trial, and a trial end costs that trial's rows alone, however many came before.
+    `experiment`: where the fold logs are (the study's experiment folder or URI: a local
+    folder, file://, s3://, gs://). The end of the study compacts them (tuner.execute)."""
 
     def __init__(self, study: StudyConfig, folder: Path, experiment: str):
         self.study, self.folder, self.experiment = study, folder, experiment
         self.fold_logs: FoldLogReader | None = None  # made in the driver, not pickled
+        self.provenance: dict | None = None  # study.json's, read once
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "fold_logs": None}
+        return {**self.__dict__, "fold_logs": None, "provenance": None}
 
-    def write(self, trials) -> None:
+    def write(self, trial) -> None:
         if self.fold_logs is None:
             self.fold_logs = FoldLogReader(self.experiment)
+            study_file = json.loads((self.folder / "study.json").read_text())
+            self.provenance = driver_provenance(study_file)
         # live: a trial's result.json is current in the driver's staging folder, and only
         # copied to the experiment's storage (maybe a bucket) now and then (trial_folders).
-        records = [record(t, self.fold_logs, live=True) for t in trials]
-        study_file = json.loads((self.folder / "study.json").read_text())
         tables = study_tables(
-            records, self.study.train, self.study.score_metrics, driver_provenance(study_file)
+            [record(trial, self.fold_logs, live=True)],
+            self.study.train,
+            self.study.score_metrics,
+            self.provenance,
         )
-        write_tables(self.folder, tables, self.study.name)
+        write_trial(self.folder, tables, self.study.name, trial.trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.write(trials)
+        self.write(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.write(trials)
-
-    def on_experiment_end(self, trials, **info) -> None:
-        self.write(trials)
+        self.write(trial)
 
 
 class LiveView(Callback):

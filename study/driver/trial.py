@@ -4,7 +4,7 @@ Each fold is a `FoldWorker` around mtl's `FoldTrainer`: a Ray actor in the trial
 placement group (one GPU or a fraction of one) on a cluster, or an object in the trial's own
 process on a machine without GPUs. Every epoch each fold trains and validates once; the
 trial reports the fold-mean (cross-validated) metrics that ASHA and Optuna see plus every
-fold's score, writes every fold's rows to its fold log (study/results.py), and every
+fold's score, writes every fold's rows to its fold log (study/results/tables.py), and every
 `checkpoint_every` epochs saves a checkpoint holding all folds.
 """
 
@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -38,7 +39,8 @@ from mtl import (
     train_epochs,
 )
 from study.provenance import environment
-from study.results import epoch_report, fold_log_entry, train_overrides, write_fold_log
+from study.results.foldlog import epoch_report, fold_log_entry, write_fold_log
+from study.results.tables import train_overrides
 from study.storage import fetch_store, store_cache
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,25 @@ def allotted_device(device: str) -> str:
     return "cpu"
 
 
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a study shares, given to the trainable once (tune.with_parameters)
+    and to each of its fold workers."""
+
+    base: TrainConfig  # a trial's configuration is this with the trial's overrides
+    folds: tuple[str, ...]
+    score_metrics: tuple[str, ...]
+    store_hash: str  # every node's copy of the data must have it
+    fold_log: str  # where the fold logs go: the study's experiment folder or URI
+    actor_options: dict | None = None  # the fold actors' (None: folds in the trial's process)
+    threads: int = 1  # torch threads per fold
+    offload: bool = False  # idle folds' states wait in host memory (FoldWorker)
+    # The driver's code version (commit, dirty), recorded instead of what a node's copy says
+    # (which may differ, or lack .git).
+    code: tuple[str, bool | None] | None = None
+    trainer: type = FoldTrainer  # mtl's Trainer contract; tests give scripted ones
+
+
 class FoldWorker:
     """One fold of a trial: a trainer (mtl's `Trainer` contract; FoldTrainer, or a test
     double) stepped one epoch per lockstep round through mtl's epoch loop.
@@ -75,35 +96,27 @@ class FoldWorker:
     again from those bytes for the next epoch (the same state: training goes on exactly).
     """
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        fold: str,
-        threads: int,
-        store_hash: str,
-        trainer: type = FoldTrainer,
-        offload: bool = False,
-    ):
-        torch.set_num_threads(threads)
+    def __init__(self, config: TrainConfig, fold: str, setup: TrialSetup):
+        torch.set_num_threads(setup.threads)
         self.fold = fold
         # Repeated CV: fold "2C" is fold C of the split drawn with fold_seed + 1.
         repeat, self.letter = split_label(fold)
         # A URI is fetched once per node into a local cache; a path must be readable here.
         local = fetch_store(config.data, store_cache())
         found = open_store(local).content_hash
-        if found != store_hash:
+        if found != setup.store_hash:
             node = ray.util.get_node_ip_address()
             raise ValueError(
                 f"node {node}: the store at {config.data} has content hash {found}, "
-                f"the study's is {store_hash}"
+                f"the study's is {setup.store_hash}"
             )
         self.config = config.replace(
             data=str(local),
             fold_seed=config.fold_seed + repeat,
             device=allotted_device(config.device),
         )
-        self.trainer_class, self.offload = trainer, offload
-        self.trainer: Trainer | None = trainer(self.config, self.letter)
+        self.trainer_class, self.offload = setup.trainer, setup.offload
+        self.trainer: Trainer | None = setup.trainer(self.config, self.letter)
         self.parked: bytes | None = None  # the offloaded state, between epochs
         self.device_name = _device_name(self.trainer)
 
@@ -158,30 +171,21 @@ def _device_name(trainer: Trainer) -> str:
 class Folds:
     """The trial's fold workers, called alike whether they are actors or local objects."""
 
-    def __init__(
-        self,
-        config: TrainConfig,
-        folds: tuple[str, ...],
-        actor_options: dict | None,
-        threads: int,
-        store_hash: str,
-        trainer: type,
-        offload: bool = False,
-    ):
-        self.actors = actor_options is not None
-        args = (threads, store_hash, trainer, offload)
+    def __init__(self, config: TrainConfig, setup: TrialSetup):
+        self.actors = setup.actor_options is not None
         if not self.actors:  # no GPUs: the folds share the trial's own process
-            self.workers = [FoldWorker(config, fold, *args) for fold in folds]
+            self.workers = [FoldWorker(config, fold, setup) for fold in setup.folds]
             return
         group = get_current_placement_group()
         remote = ray.remote(FoldWorker)
         self.workers = [
             remote.options(
-                **actor_options,
-                # Fold i gets bundle i of the trial's placement group (see run.trial_resources).
+                **setup.actor_options,
+                # Fold i gets bundle i of the trial's placement group (prepare.fold_placement;
+                # Tune leaves the empty head bundle out of the group).
                 scheduling_strategy=PlacementGroupSchedulingStrategy(group, i) if group else None,
-            ).remote(config, fold, *args)
-            for i, fold in enumerate(folds)
+            ).remote(config, fold, setup)
+            for i, fold in enumerate(setup.folds)
         ]
 
     def call(self, method: str, per_worker: list | None = None) -> list:
@@ -192,28 +196,14 @@ class Folds:
         return ray.get(calls)
 
 
-def run_trial(
-    overrides: dict,
-    *,
-    base: TrainConfig,
-    folds: tuple[str, ...],
-    score_metrics: tuple[str, ...],
-    store_hash: str,
-    actor_options: dict | None,
-    threads: int,
-    fold_log: str,
-    code: tuple[str, bool | None] | None = None,
-    trainer: type = FoldTrainer,
-    offload: bool = False,
-) -> None:
-    """`fold_log`: where the fold logs go (the study's experiment folder or URI); `code`: the
-    driver's code version (commit, dirty), recorded instead of what this node's copy says
-    (which may differ, or lack .git); `offload`: idle folds' states wait in host memory
-    (FoldWorker)."""
-    config = base.replace(**train_overrides(overrides))
+def run_trial(overrides: dict, *, setup: TrialSetup) -> None:
+    """The trainable: the configuration `setup.base` with the trial's `overrides`, trained on
+    every fold in lockstep, each epoch logged, reported and (when due) checkpointed."""
+    config = setup.base.replace(**train_overrides(overrides))
     trial_id = tune.get_context().get_trial_id()
-    versions = environment(code)
-    workers = Folds(config, folds, actor_options, threads, store_hash, trainer, offload)
+    folds, store_hash = setup.folds, setup.store_hash
+    versions = environment(setup.code)
+    workers = Folds(config, setup)
     checkpoint = tune.get_checkpoint()
     # Epochs completed; a resumed or retried trial continues from its checkpoint.
     done = restore(workers, checkpoint, folds) if checkpoint is not None else 0
@@ -222,8 +212,8 @@ def run_trial(
         by_fold = {fold: metrics for fold, (metrics, _) in zip(folds, results, strict=True)}
         nodes = {fold: node for fold, (_, node) in zip(folds, results, strict=True)}
         # The fold log first: an epoch Tune has seen is always in the log.
-        write_fold_log(fold_log, trial_id, fold_log_entry(by_fold, nodes, versions))
-        report = epoch_report(by_fold, score_metrics)
+        write_fold_log(setup.fold_log, trial_id, fold_log_entry(by_fold, nodes, versions))
+        report = epoch_report(by_fold, setup.score_metrics)
         report["epochs"] = config.epochs  # what the trial was asked to train (pruning test)
         if not checkpoint_due(config, epoch):
             tune.report(report)

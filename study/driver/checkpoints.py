@@ -1,6 +1,6 @@
 """Checkpoints kept and dropped: a trial keeps its latest two while it trains (Tune's
-CheckpointConfig, study/tuner.py); once finished, only the `keep_checkpoints` best trials
-keep one, their latest (every fold's final weights, for study.export and the test estimate).
+CheckpointConfig, study/driver/tuner.py); once finished, only the `keep_checkpoints` best trials
+keep one, their latest (every fold's final weights, for study.results.export and the test estimate).
 Works on any storage pyarrow reaches (a folder, s3://, gs://).
 """
 
@@ -12,8 +12,8 @@ import pandas as pd
 from pyarrow import fs
 from ray.tune import Callback
 
-from study.presets import StudyConfig
-from study.results import status, train_overrides
+from study.results.tables import status, train_overrides
+from study.spec.presets import StudyConfig
 from study.storage import filesystem_and_path
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 class CheckpointKeeper(Callback):
     """Drops finished trials' checkpoints beyond the `keep_checkpoints` best as each trial
     ends, not only when the study does: the disk holds the running trials' checkpoints and
-    the kept ones (study.memory.disk_need), not every finished trial's. A trial outside the
+    the kept ones (study.driver.memory.disk_need), not every finished trial's. A trial outside the
     best N when it is dropped can never re-enter them: later trials only push it down."""
 
     def __init__(self, study: StudyConfig, experiment: str):

@@ -1,6 +1,6 @@
 """What a study's folds need in GPU memory and on disk, before any trial starts.
 
-GPU memory of one fold worker (study/placement.py packs workers by it), first found of:
+GPU memory of one fold worker (study/driver/placement.py packs workers by it), first found of:
 
 1. `--fold-memory-gib` (StudyConfig.fold_memory_gib): the user's figure;
 2. a figure measured by bench/gpu_check.sh for the same model, patch size, batch and
@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtl import TrainConfig
-from study.presets import StudyConfig
+from study.spec.presets import StudyConfig
 from study.storage import is_uri
 
 GIB = 2**30
-FIGURES = Path(__file__).parent / "data" / "fold_memory.csv"
+FIGURES = Path(__file__).parents[1] / "data" / "fold_memory.csv"
 # What a fold worker's memory depends on (the data and the optimizer's settings do not).
 MODEL_KEY = ("encoder", "head", "head_hidden", "image_size", "batch_size", "balancer")
-# Tune keeps a running trial's latest two checkpoints (study/tuner.py, build_tuner).
+# Tune keeps a running trial's latest two checkpoints (study/driver/tuner.py, build_tuner).
 CHECKPOINTS_PER_RUNNING_TRIAL = 2
 PROBE_TIMEOUT_S = 300.0
 

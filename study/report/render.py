@@ -13,8 +13,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtl import PATTERNS, SCORE_METRICS
+from study.report.summary import METRIC_TITLES, summary_columns
 from study.stats import fold_marks
-from study.summary import METRIC_TITLES, level_metrics, row_titles, summary_columns
+from study.stats.selection import level_metrics, row_titles
 
 SCREEN_COLUMNS = 3  # configurations side by side on a terminal; more are ranked in rows
 SCREEN_TEST_METRICS = ("score", "pixel_acc", "pattern_acc", "intensity_acc",

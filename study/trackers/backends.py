@@ -9,7 +9,7 @@ Each is Ray Tune's own logger callback, narrowed to what a study means:
 - tags (W&B: config keys) for the study name and the Tune and Optuna trial ids.
 
 After the report, one study-level run holds report.md, the tables' CSVs and the figures.
-The callbacks themselves are in study/tracker_callbacks.py (importing MLflow or W&B takes
+The callbacks themselves are in study/trackers/callbacks.py (importing MLflow or W&B takes
 seconds; this module stays light for the command line's checks).
 The Parquet tables in RESULTS/NAME stay the record; a tracker is a view of them.
 
@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from mtl import TrainConfig, is_active
-from study.results import OPTUNA_TRIAL, train_overrides
+from study.results.tables import OPTUNA_TRIAL, train_overrides
 
 # name -> (the module it imports, the extra that installs it)
 TRACKERS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}

@@ -40,8 +40,8 @@ from pathlib import Path
 import yaml
 
 from mtl import SynthSpec, TrainConfig
-from study.presets import RUN_SETTINGS, TRAIN_RUN_SETTINGS, StudyConfig
-from study.search import Choice, Domain, IntRange, LogUniform
+from study.spec.presets import RUN_SETTINGS, TRAIN_RUN_SETTINGS, StudyConfig
+from study.spec.space import Choice, Domain, IntRange, LogUniform
 
 # Top-level keys a study file may carry that are not configuration: read past, never used.
 IGNORED_KEYS = ("provenance",)

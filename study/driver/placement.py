@@ -434,11 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from mtl import add_version_option
-    from study.memory import fold_memory, resident_gib
-    from study.presets import PRESETS, get_preset
+    from study.driver.memory import fold_memory, resident_gib
+    from study.spec.presets import PRESETS, get_preset
 
     parser = argparse.ArgumentParser(
-        prog="python -m study.placement",
+        prog="python -m study.driver.placement",
         description="The automatic placement of a preset's fold workers on one node of GPUs "
         "of the given sizes, as a Markdown table (what docs/cluster.md shows). Without "
         "--fold-memory-gib the preset's stored figure is used, when one was measured.",

@@ -1,4 +1,4 @@
-"""The Tune callbacks of the experiment trackers (study/trackers.py says what they log)."""
+"""The Tune callbacks of the experiment trackers (study/trackers/backends.py says what they log)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.result import TRAINING_ITERATION
 
-from study.presets import StudyConfig
-from study.trackers import (
+from study.spec.presets import StudyConfig
+from study.trackers.backends import (
     cv_metrics,
     find_runs,
     mlflow_target,

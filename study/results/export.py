@@ -1,4 +1,4 @@
-"""`python -m study.export RESULTS/NAME [--trial best|ID] --out MODEL_DIR`.
+"""`python -m study.results.export RESULTS/NAME [--trial best|ID] --out MODEL_DIR`.
 
 Turns one trial of a study into a model folder that `python -m mtl.predict` reads: the
 trial's fold models (weights only, one file per fold) and `model.json` (the configuration,
@@ -32,7 +32,7 @@ from mtl import (
     read_checkpoint,
     write_checkpoint,
 )
-from study.results import run_files
+from study.results.rebuild import run_files
 from study.storage import filesystem_and_path
 
 if TYPE_CHECKING:  # Ray is imported when a checkpoint is looked up: --help stays quick
@@ -161,7 +161,7 @@ def _native(value):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m study.export",
+        prog="python -m study.results.export",
         description="Export one trial of a study (its fold models and model.json) for "
         "python -m mtl.predict.",
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -30,57 +29,14 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from mtl import TrainConfig, is_active
-from study.results import OPTUNA_TRIAL, REPEATS
+from mtl import TrainConfig
+from study.results.tables import OPTUNA_TRIAL, REPEATS
+from study.spec.space import Choice, Domain, LogUniform, active_space
 
 logger = logging.getLogger(__name__)
 # Proposals in a row that repeat a configuration before the search is taken as exhausted (a
 # small finite space: every configuration it holds has been trained or is training).
 MAX_REPEATED_PROPOSALS = 20
-
-
-@dataclass(frozen=True)
-class Choice:
-    values: tuple
-
-    def __post_init__(self) -> None:
-        if not self.values:
-            raise ValueError("Choice needs at least one value")
-
-
-@dataclass(frozen=True)
-class LogUniform:
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        if not 0 < self.low < self.high:
-            raise ValueError(f"LogUniform needs 0 < low < high, got {self.low}, {self.high}")
-
-
-@dataclass(frozen=True)
-class IntRange:
-    """low, low + step, ..., high (inclusive)."""
-
-    low: int
-    high: int
-    step: int = 1
-
-    def __post_init__(self) -> None:
-        if self.step < 1 or self.high < self.low or (self.high - self.low) % self.step:
-            raise ValueError(f"IntRange({self.low}, {self.high}, {self.step}) is not a range")
-
-    def values(self) -> tuple[int, ...]:
-        return tuple(range(self.low, self.high + 1, self.step))
-
-
-Domain = Choice | LogUniform | IntRange
-
-
-def active_space(space: Mapping[str, Domain], balancer: str) -> list[str]:
-    """The keys of `space` a trial with `balancer` samples, balancer first."""
-    keys = sorted(space, key=lambda key: key != "balancer")
-    return [key for key in keys if is_active(key, balancer)]
 
 
 class ConditionalSpace:
@@ -107,15 +63,6 @@ def _suggest(trial, key: str, domain: Domain):
     if isinstance(domain, LogUniform):
         return trial.suggest_float(key, domain.low, domain.high, log=True)
     return trial.suggest_int(key, domain.low, domain.high, step=domain.step)
-
-
-def domain_values(domain: Domain) -> tuple:
-    """Every value a finite domain can take (for validation against TrainConfig)."""
-    if isinstance(domain, Choice):
-        return domain.values
-    if isinstance(domain, IntRange):
-        return domain.values()
-    return (domain.low, domain.high)
 
 
 class PruneAwareOptunaSearch(OptunaSearch):

@@ -50,16 +50,9 @@ class StudyInterrupted(Exception):
         return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
 
 
-_held: dict[str, int] = {}  # folder -> lock file descriptor, held by this process
-
-
 @contextlib.contextmanager
 def study_lock(folder: Path) -> Iterator[None]:
-    """Hold FOLDER's lock for the block; re-entrant within a process."""
-    key = str(Path(folder).resolve())
-    if key in _held:
-        yield
-        return
+    """Hold FOLDER's lock for the block (taken once, by study.driver.prepare)."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -74,11 +67,9 @@ def study_lock(folder: Path) -> Iterator[None]:
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {now()}\n".encode())
-    _held[key] = fd
     try:
         yield
     finally:
-        del _held[key]
         os.close(fd)  # releases the lock
 
 

@@ -23,11 +23,10 @@ from mtl import (
     fold_labels,
     is_active,
     original,
-    parse_overrides,
     small,
     tiny,
 )
-from study.search import Choice, Domain, IntRange, LogUniform, active_space, domain_values
+from study.spec.space import Choice, Domain, IntRange, LogUniform, active_space, domain_values
 
 
 def grid(**values: Sequence) -> tuple[dict, ...]:
@@ -72,9 +71,9 @@ class StudyConfig:
     max_concurrent: int = 0  # trials at once; 0: as many as the resources allow
     # Where the data comes from when train.data is empty: generated once, then cached.
     synthetic: SynthSpec | None = None
-    # Resources (study/placement.py). Fold workers are Ray actors with these resources each;
+    # Resources (study/driver/placement.py). Fold workers are Ray actors with these resources each;
     # "auto" packs a trial's folds on one node's GPUs so that every GPU is busy, within
-    # fold_memory_gib per worker (None: measured or probed, study/memory.py), and shares the
+    # fold_memory_gib per worker (None: measured or probed, study/driver/memory.py), and shares the
     # node's CPUs among them. On a cluster without GPUs the folds of a trial run inside the
     # trial's own process, which takes cpus_per_trial CPUs.
     gpus_per_fold: float | Literal["auto"] = "auto"
@@ -86,8 +85,8 @@ class StudyConfig:
     # SPREAD puts them on different nodes where it can (a lost node costs fewer folds).
     fold_strategy: Literal["PACK", "SPREAD"] = "PACK"
     max_failures: int = 2  # retries of a failed trial from its last checkpoint
-    # Finished trials whose last checkpoint (every fold's final weights, for study.export) is
-    # kept, best cross-validated score first; 0 keeps every trial's.
+    # Finished trials whose last checkpoint (every fold's final weights, for
+    # study.results.export) is kept, best cross-validated score first; 0 keeps every trial's.
     keep_checkpoints: int = 1
     seed: int = 0  # the Optuna sampler's
     # A test set: this fraction of the patients (stratified by pattern, seeded by the fold
@@ -344,14 +343,23 @@ def get_preset(name: str) -> StudyConfig:
     return PRESETS[name]()
 
 
-def apply_overrides(study: StudyConfig, pairs: Sequence[str]) -> StudyConfig:
-    """Apply `--set key=value` pairs to the study's TrainConfig.
+def apply_overrides(study: StudyConfig, changes: Mapping[str, object]) -> StudyConfig:
+    """The study with TrainConfig fields set to typed values (`{"epochs": 3,
+    "decoder_channels": (64, 32, 16, 8, 8)}`; the command line's `--set` pairs go through
+    mtl's parse_overrides first).
 
     A field that the configurations, the search space or the warm start vary is fixed to the
     value given (a warm-start point keeps the searched fields its balancer still reads).
-    Unknown keys and values of the wrong type are errors that name the field.
+    Unknown fields and invalid values are errors that name the field.
     """
-    changes = parse_overrides(pairs)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise ValueError(
+            f"overrides: no TrainConfig field {', '.join(unknown)}; fields are: "
+            + ", ".join(sorted(fields))
+        )
+    changes = dict(changes)
     configurations = tuple(
         dict.fromkeys(
             tuple((k, v) for k, v in c.items() if k not in changes) for c in study.configurations

@@ -28,9 +28,9 @@ from mtl import (
     resolve_device,
     write_parquet,
 )
-from study.export import choose_trial, fold_model, trial_checkpoint, trial_config
+from study.results.export import choose_trial, fold_model, trial_checkpoint, trial_config
+from study.stats.selection import select_epochs
 from study.storage import fetch_store, store_cache
-from study.summary import select_epochs
 
 TEST_COLUMNS = (
     "study", "trial_id", "level", "metric", "cv", "cv_std", "test", "ci_low", "ci_high",

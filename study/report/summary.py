@@ -1,7 +1,7 @@
 """The numbers of a study's report, pure pandas: which epoch of each fold, per-fold tables,
 the comparison of configurations, their labels, the stopped trials, the original study side
-by side, and the results folder they come from. study/render.py turns them into text,
-study/report.py into report.md, CSVs and figures.
+by side, and the results folder they come from. study/report/render.py turns them into text,
+study/report/document.py into report.md, CSVs and figures.
 """
 
 from __future__ import annotations
@@ -17,52 +17,10 @@ import numpy as np
 import pandas as pd
 
 from mtl import SCORE_METRICS, TrainConfig
-from study.stats import KEY_COLUMNS, STUDY_METRICS, compare_to_best
-
-LEVELS = {
-    "patch": "patch level",
-    "image": "image level (majority vote over a specimen's patches)",
-    "patient": "patient level (majority vote over a patient's patches)",
-}
-EPOCHS = {
-    "final": "final epoch",
-    "best": "best epoch per fold (by the fold's validation score)",
-}
-# How a fold's epoch is chosen: the one where this key is largest (the first of ties).
-EPOCH_KEYS = {
-    "final": lambda val: val.epoch,
-    "best": lambda val: val.score.fillna(-np.inf),
-}
-NO_VOTED_PIXELS = (
-    "Majority votes label specimens and patients, not pixels: there is no image- or "
-    "patient-level pixel accuracy or Dice; the patch-level values are shown, so labelled."
+from study.stats import compare_to_best
+from study.stats.selection import (
+    level_metrics,
 )
-
-
-def level_metrics(level: str) -> dict[str, str]:
-    """Column of epochs.parquet -> row title. The first three make a fold's score.
-
-    Votes label whole specimens or patients, not pixels: pixel accuracy and Dice exist at
-    patch level only and are shown, so labelled, at every level.
-    """
-    if level not in LEVELS:
-        raise ValueError(f"unknown level {level!r}; expected one of {', '.join(LEVELS)}")
-    if level == "patch":
-        return {
-            "pixel_acc": "pixel accuracy",
-            "pattern_acc": "pattern accuracy",
-            "intensity_acc": "intensity accuracy",
-            "dice": "Dice (cells)",
-            "pattern_mca": "pattern mean class acc.",
-        }
-    return {
-        "pixel_acc": "pixel acc. (patch level)",
-        f"{level}_pattern_acc": "pattern accuracy",
-        f"{level}_intensity_acc": "intensity accuracy",
-        "dice": "Dice (patch level)",
-        f"{level}_pattern_mca": "pattern mean class acc.",
-    }
-
 
 # Every metric with its level in its name, for tables that mix levels.
 METRIC_TITLES = {
@@ -83,30 +41,6 @@ METRIC_TITLES = {
         )
     },
 }
-
-
-def row_titles(level: str) -> dict[str, str]:
-    return {**level_metrics(level), "score": "score (mean of first 3)", "epoch": "epoch"}
-
-
-def select_epochs(epochs: pd.DataFrame, level: str = "patch", epoch: str = "final") -> pd.DataFrame:
-    """One validation row per (trial, fold), with a `score` column: the mean of the fold's
-    pixel, pattern and intensity accuracy at `level`.
-
-    `final`: the fold's last epoch (for a pruned trial, the last one it ran). `best`: the
-    epoch of the fold's highest score, the earliest of ties: a retrospective choice, an
-    optimistic estimate, which every title says.
-    """
-    metrics = list(level_metrics(level))
-    if epoch not in EPOCHS:
-        raise ValueError(f"unknown epoch {epoch!r}; expected one of {', '.join(EPOCHS)}")
-    val = epochs[epochs.split == "val"].sort_values(["trial_id", "fold", "epoch"])
-    val = val.reset_index(drop=True).reindex(columns=list(dict.fromkeys([*val, *metrics])))
-    val["score"] = val[metrics[:3]].mean(axis=1, skipna=False)
-    if val.empty:
-        return val
-    chosen = EPOCH_KEYS[epoch](val).groupby([val.trial_id, val.fold]).idxmax()
-    return val.loc[chosen.to_numpy()].reset_index(drop=True)
 
 
 def summary_columns(level: str) -> list[str]:
@@ -259,7 +193,7 @@ def study_keys(study: dict) -> tuple[str, ...]:
 def load_results(path: str | Path) -> Results:
     """epochs.parquet, trials.parquet and study.json of one study folder (RESULTS/NAME)."""
     path = Path(path)
-    missing = [n for n in ("epochs.parquet", "trials.parquet") if not (path / n).is_file()]
+    missing = [n for n in ("epochs.parquet", "trials.parquet") if not (path / n).exists()]
     if missing:
         raise FileNotFoundError(
             f"{path} has no {' or '.join(missing)}: expected a study's folder, RESULTS/NAME"
@@ -279,7 +213,7 @@ def load_results(path: str | Path) -> Results:
         num_folds=train.get("num_folds"),
         held_out=bool(train.get("held_out")),
         test=pd.read_parquet(test_file) if test_file.is_file() else None,
-        **({"confusions": pd.read_parquet(confusions_file)} if confusions_file.is_file() else {}),
+        **({"confusions": pd.read_parquet(confusions_file)} if confusions_file.exists() else {}),
         warm_start=len(study.get("warm_start", ())),
     )
 
@@ -348,28 +282,3 @@ def optimism_sentence(table: pd.DataFrame, metric: str = "score") -> str:
         f"cross-validated {row.cv:.3f}, optimism of the selection {row.optimism:+.3f} "
         f"({verdict})."
     )
-
-
-def study_per_fold(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
-    """A study's per-fold table: the validation rows of its completed trials at each (trial,
-    fold)'s last epoch.
-
-    Pruned trials stopped early, at an epoch the completed ones went past: comparing them
-    would compare training lengths, not configurations; errored and unfinished ones have no
-    final epoch. Columns: trial_id, fold, `repeat` if epochs has one, `score` (the mean of
-    pixel, pattern and intensity accuracy, NaN if any is NaN: the study's cv_score per fold),
-    then the STUDY_METRICS present in epochs (`select_epochs` at patch level, final epoch).
-    Sorted by trial_id, (repeat,) fold.
-    """
-    for table, name, columns in (
-        (epochs, "epochs", ("trial_id", "fold", "epoch", "split")),
-        (trials, "trials", ("trial_id", "status")),
-    ):
-        for column in columns:
-            if column not in table:
-                raise ValueError(f"the {name} table has no {column!r} column")
-    completed = trials.loc[trials.status == "completed", "trial_id"]
-    last = select_epochs(epochs[epochs.trial_id.isin(completed)], "patch", "final")
-    keys = [c for c in KEY_COLUMNS if c in last]
-    metrics = [c for c in STUDY_METRICS[1:] if c in epochs]
-    return last[[*keys, "score", *metrics]].sort_values(keys, kind="stable", ignore_index=True)

@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from mtl import PATTERNS, SCORE_METRICS, add_version_option
-from study import plots
-from study.render import (
+from study.report import plots
+from study.report.render import (
     SCREEN_COLUMNS,
     ReportTable,
     comparison_report_table,
@@ -38,25 +38,27 @@ from study.render import (
     stopped_report_table,
     test_report_table,
 )
-from study.stats import DEFAULT_ROPE, best_choice_sentence, summary_sentence
-from study.summary import (
-    EPOCHS,
-    LEVELS,
-    NO_VOTED_PIXELS,
+from study.report.summary import (
     Results,
     compare_with_original,
     configuration_labels,
     fold_statistics,
     fold_table,
-    level_metrics,
     load_results,
     optimism_sentence,
     original_results,
-    row_titles,
-    select_epochs,
     stopped_trials,
     summarise,
     warm_start_sentence,
+)
+from study.stats import DEFAULT_ROPE, best_choice_sentence, summary_sentence
+from study.stats.selection import (
+    EPOCHS,
+    LEVELS,
+    NO_VOTED_PIXELS,
+    level_metrics,
+    row_titles,
+    select_epochs,
 )
 
 CONFUSION_FIGURES = 3  # confusion matrices for this many of the best configurations
@@ -232,7 +234,7 @@ def draw_figures(
 def repeated_proposals(study) -> list[str]:
     """A note on the proposals Optuna made of configurations already trained: none was
     trained again (study.search), each was told its original's result."""
-    from study.results import REPEATS
+    from study.results.tables import REPEATS
 
     repeats = [t for t in study.trials if REPEATS in t.user_attrs]
     if not repeats:

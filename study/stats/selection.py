@@ -1,0 +1,103 @@
+"""Which validation rows a comparison uses: one per (trial, fold), at the fold's final or
+best epoch, at patch, image or patient level, with the fold's score; and a study's per-fold
+table of its completed trials (what the fold-paired statistics compare)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from study.stats import KEY_COLUMNS, STUDY_METRICS
+
+LEVELS = {
+    "patch": "patch level",
+    "image": "image level (majority vote over a specimen's patches)",
+    "patient": "patient level (majority vote over a patient's patches)",
+}
+EPOCHS = {
+    "final": "final epoch",
+    "best": "best epoch per fold (by the fold's validation score)",
+}
+# How a fold's epoch is chosen: the one where this key is largest (the first of ties).
+EPOCH_KEYS = {
+    "final": lambda val: val.epoch,
+    "best": lambda val: val.score.fillna(-np.inf),
+}
+NO_VOTED_PIXELS = (
+    "Majority votes label specimens and patients, not pixels: there is no image- or "
+    "patient-level pixel accuracy or Dice; the patch-level values are shown, so labelled."
+)
+
+
+def level_metrics(level: str) -> dict[str, str]:
+    """Column of epochs.parquet -> row title. The first three make a fold's score.
+
+    Votes label whole specimens or patients, not pixels: pixel accuracy and Dice exist at
+    patch level only and are shown, so labelled, at every level.
+    """
+    if level not in LEVELS:
+        raise ValueError(f"unknown level {level!r}; expected one of {', '.join(LEVELS)}")
+    if level == "patch":
+        return {
+            "pixel_acc": "pixel accuracy",
+            "pattern_acc": "pattern accuracy",
+            "intensity_acc": "intensity accuracy",
+            "dice": "Dice (cells)",
+            "pattern_mca": "pattern mean class acc.",
+        }
+    return {
+        "pixel_acc": "pixel acc. (patch level)",
+        f"{level}_pattern_acc": "pattern accuracy",
+        f"{level}_intensity_acc": "intensity accuracy",
+        "dice": "Dice (patch level)",
+        f"{level}_pattern_mca": "pattern mean class acc.",
+    }
+
+
+def row_titles(level: str) -> dict[str, str]:
+    return {**level_metrics(level), "score": "score (mean of first 3)", "epoch": "epoch"}
+
+
+def select_epochs(epochs: pd.DataFrame, level: str = "patch", epoch: str = "final") -> pd.DataFrame:
+    """One validation row per (trial, fold), with a `score` column: the mean of the fold's
+    pixel, pattern and intensity accuracy at `level`.
+
+    `final`: the fold's last epoch (for a pruned trial, the last one it ran). `best`: the
+    epoch of the fold's highest score, the earliest of ties: a retrospective choice, an
+    optimistic estimate, which every title says.
+    """
+    metrics = list(level_metrics(level))
+    if epoch not in EPOCHS:
+        raise ValueError(f"unknown epoch {epoch!r}; expected one of {', '.join(EPOCHS)}")
+    val = epochs[epochs.split == "val"].sort_values(["trial_id", "fold", "epoch"])
+    val = val.reset_index(drop=True).reindex(columns=list(dict.fromkeys([*val, *metrics])))
+    val["score"] = val[metrics[:3]].mean(axis=1, skipna=False)
+    if val.empty:
+        return val
+    chosen = EPOCH_KEYS[epoch](val).groupby([val.trial_id, val.fold]).idxmax()
+    return val.loc[chosen.to_numpy()].reset_index(drop=True)
+
+
+def study_per_fold(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """A study's per-fold table: the validation rows of its completed trials at each (trial,
+    fold)'s last epoch.
+
+    Pruned trials stopped early, at an epoch the completed ones went past: comparing them
+    would compare training lengths, not configurations; errored and unfinished ones have no
+    final epoch. Columns: trial_id, fold, `repeat` if epochs has one, `score` (the mean of
+    pixel, pattern and intensity accuracy, NaN if any is NaN: the study's cv_score per fold),
+    then the STUDY_METRICS present in epochs (`select_epochs` at patch level, final epoch).
+    Sorted by trial_id, (repeat,) fold.
+    """
+    for table, name, columns in (
+        (epochs, "epochs", ("trial_id", "fold", "epoch", "split")),
+        (trials, "trials", ("trial_id", "status")),
+    ):
+        for column in columns:
+            if column not in table:
+                raise ValueError(f"the {name} table has no {column!r} column")
+    completed = trials.loc[trials.status == "completed", "trial_id"]
+    last = select_epochs(epochs[epochs.trial_id.isin(completed)], "patch", "final")
+    keys = [c for c in KEY_COLUMNS if c in last]
+    metrics = [c for c in STUDY_METRICS[1:] if c in epochs]
+    return last[[*keys, "score", *metrics]].sort_values(keys, kind="stable", ignore_index=True)
