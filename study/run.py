@@ -2,11 +2,12 @@
 
 One Ray Tune trial per configuration; each trains every fold in lockstep and reports the
 cross-validated score that Optuna searches on and ASHA prunes by. Results land in
-RESULTS/NAME/: epochs.parquet, trials.parquet (rewritten as trials end), study.json,
+RESULTS/NAME/: epochs.parquet, trials.parquet (a file per trial as each ends), study.json,
 optuna.db (for a search) and tune/ (Ray's experiment folder, from which --resume continues).
-The study itself is assembled and run by study/driver/tuner.py; this file reads the command line,
-starts or joins Ray, and prints the report. A study comes from a preset (study/spec/presets.py) or
-a file (study/spec/record.py: an earlier study's study.json, or YAML/JSON written by hand); the
+This file turns the command line into a StudyRequest; study/driver/prepare.py checks it
+(each check once) and study/driver/tuner.py runs it; then the report is written and
+printed. A study comes from a preset (study/spec/presets.py) or a file
+(study/spec/record.py: an earlier study's study.json, or YAML/JSON written by hand); the
 other flags apply on top of either.
 """
 

@@ -21,9 +21,10 @@ def test_the_api_runs_presets_and_the_analysis_example_reads_them(tmp_path):
     assert study.tables(tmp_path / "smoke").trials.equals(first.trials)
     second = study.run_preset(
         "smoke", results=tmp_path, name="gradnorm", cpus=2,
-        overrides={"epochs": 1, "balancer": "gradnorm"},
+        overrides={"epochs": 1, "balancer": "gradnorm", "decoder_channels": (16, 16, 8, 8, 8)},
     )  # fmt: skip
     assert (second.trials.balancer == "gradnorm").all()
+    assert [list(c) for c in second.trials.decoder_channels] == [[16, 16, 8, 8, 8]] * 2
 
     done = subprocess.run(
         [sys.executable, str(EXAMPLE), str(tmp_path)], capture_output=True, text=True, timeout=300

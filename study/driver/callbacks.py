@@ -62,11 +62,18 @@ class ResultsWriter(Callback):
 
 
 class LiveView(Callback):
-    """One row per trial: configuration, status, epoch, cross-validated score; and the best."""
+    """One row per trial: configuration, status, epoch, cross-validated score; and the best.
+    Every running trial is shown and, up to MAX_ROWS, the latest to end; the caption counts
+    the rest. A refresh costs the rows shown, not the study's trials."""
+
+    MAX_ROWS = 20
 
     def __init__(self, study: StudyConfig):
         self.study = study
-        self.rows: dict[str, dict] = {}
+        self.rows: dict[str, dict] = {}  # by trial, in the order they started
+        self.running: dict[str, None] = {}  # an ordered set
+        self.ended: dict[str, None] = {}  # the latest MAX_ROWS to end, oldest first
+        self.best: tuple[float, str] | None = None  # (score, configuration)
         self.live: Live | None = None
 
     def __getstate__(self) -> dict:
@@ -93,21 +100,30 @@ class LiveView(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._row(trial)["status"] = "running"
+        self.running[trial.trial_id] = None
         self.refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = self._row(trial)
         row.update(epoch=int(result["epoch"]), score=float(result["cv_score"]), status="running")
         row["best"] = max(row["best"] or row["score"], row["score"])
+        if row["best"] == row["best"] and (self.best is None or row["best"] > self.best[0]):
+            self.best = (row["best"], row["label"])  # NaN never is
         self.refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         row = self._row(trial)
-        row["status"] = status("TERMINATED", row["epoch"], row["epochs"])
-        self.refresh()
+        self._end(trial, status("TERMINATED", row["epoch"], row["epochs"]))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._row(trial)["status"] = "errored"
+        self._end(trial, "errored")
+
+    def _end(self, trial, ended: str) -> None:
+        self._row(trial)["status"] = ended
+        self.running.pop(trial.trial_id, None)
+        self.ended[trial.trial_id] = None
+        while len(self.ended) > self.MAX_ROWS:
+            del self.ended[next(iter(self.ended))]
         self.refresh()
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -128,7 +144,11 @@ class LiveView(Callback):
             table.add_column(
                 column, justify="right" if column in ("epoch", "cv score", "best") else "left"
             )
-        for trial_id, row in self.rows.items():
+        room = max(self.MAX_ROWS - len(self.running), 0)
+        ended = list(self.ended)[-room:] if room else []
+        shown = [*ended, *self.running]
+        for trial_id in shown:
+            row = self.rows[trial_id]
             style = STATUS_STYLE.get(row["status"], "")
             table.add_row(
                 trial_id,
@@ -138,10 +158,12 @@ class LiveView(Callback):
                 "-" if row["score"] is None else f"{row['score']:.3f}",
                 "-" if row["best"] is None else f"{row['best']:.3f}",
             )
-        scored = [(r["best"], r["label"]) for r in self.rows.values() if r["best"] is not None]
-        if scored:
-            best, label = max(scored)
-            table.caption = f"best so far: {label} (cv score {best:.3f})"
+        captions = []
+        if len(self.rows) > len(shown):
+            captions.append(f"{len(self.rows) - len(shown)} earlier trials not shown")
+        if self.best is not None:
+            captions.append(f"best so far: {self.best[1]} (cv score {self.best[0]:.3f})")
+        table.caption = "; ".join(captions) or None
         return table
 
 

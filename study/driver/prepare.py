@@ -163,11 +163,18 @@ def prepare_data(study: StudyConfig, results: Path) -> StudyConfig:
     unknown = set(study.train.held_out) - set(store.index.patient)
     if unknown:
         raise ValueError(f"held_out: patients {sorted(unknown)[:5]} are not in {store.path}")
+    checked = set()
     for config in study.train_configs():
         if store.size != config.image_size:
             raise ValueError(
                 f"image_size is {config.image_size} but {store.path} holds {store.size} px patches"
             )
+        # A configuration's folds depend on these fields alone: a thousand configurations
+        # that share them are checked once.
+        dealt = (config.folds, config.num_folds, config.fold_seed, config.held_out)
+        if (dealt, config.batch_size) in checked:
+            continue
+        checked.add((dealt, config.batch_size))
         for label in study.folds:
             repeat, fold = split_label(label)
             split = config.replace(fold_seed=config.fold_seed + repeat)

@@ -53,9 +53,10 @@ from study.report.summary import (
 )
 from study.stats import DEFAULT_ROPE, best_choice_sentence, summary_sentence
 from study.stats.selection import (
-    EPOCHS,
+    EPOCH_CHOICES,
     LEVELS,
     NO_VOTED_PIXELS,
+    level_column,
     level_metrics,
     row_titles,
     select_epochs,
@@ -89,7 +90,7 @@ def build_tables(
     stats = fold_statistics(results, selected, done, level, rope)
     titles = row_titles(level)
     sentences = []
-    for metric in ("score", list(level_metrics(level))[1]):  # the score, pattern accuracy
+    for metric in ("score", level_column("pattern_acc", level)):
         if len(stats) and metric in set(stats.metric):
             title = "score" if metric == "score" else titles[metric]
             sentences.append(summary_sentence(stats, metric, title))
@@ -97,7 +98,7 @@ def build_tables(
             sentences.append(best_choice_sentence(stats, metric, title, labels))
     sentences.append(warm_start_sentence(stats, trials, labels, results.warm_start))
     sentences = [s for s in sentences if s]
-    where = f"validation, {LEVELS[level]}, {EPOCHS[epoch]}"
+    where = f"validation, {LEVELS[level]}, {EPOCH_CHOICES[epoch]}"
     title = (
         f"{results.name}: completed configurations, {where}; mean ± std over folds, "
         "best score first, best of each row in bold; the score's paired difference to the "
@@ -119,7 +120,7 @@ def build_tables(
         selected,
         list(summary.index),
         labels,
-        f"{results.name}: recall of each pattern, validation, patch level, {EPOCHS[epoch]}; "
+        f"{results.name}: recall of each pattern, validation, patch level, {EPOCH_CHOICES[epoch]}; "
         "mean ± std over folds",
     )
     if recall is not None and len(summary):
@@ -144,7 +145,7 @@ def build_tables(
         compared = compare_with_original(original_results(), patch.loc[summary.index], trials)
         title = (
             f"{results.name} vs the original study: validation, patch level (all it reported), "
-            f"{EPOCHS[epoch]}; means over folds; matched on seg loss, epochs and alpha"
+            f"{EPOCH_CHOICES[epoch]}; means over folds; matched on seg loss, epochs and alpha"
         )
         tables.append(original_report_table(compared, labels, title))
     folds = [
@@ -191,7 +192,7 @@ def draw_figures(
             plots.score_intervals(
                 built.selected, built.stats, labels, ratio,
                 f"{results.name}: score of each completed configuration, {LEVELS[level]}, "
-                f"{EPOCHS[epoch]}; colour: verdict against the best",
+                f"{EPOCH_CHOICES[epoch]}; colour: verdict against the best",
                 out / f"intervals{suffix}.png",
             )
         )  # fmt: skip
@@ -201,7 +202,7 @@ def draw_figures(
             plots.pattern_recall(
                 selected, shown,
                 f"{results.name}: recall of each pattern (validation, patch level, "
-                f"{EPOCHS[epoch]}); bars: mean over folds, lines: min to max",
+                f"{EPOCH_CHOICES[epoch]}); bars: mean over folds, lines: min to max",
                 out / f"recall{suffix}.png",
             )
         )  # fmt: skip
@@ -212,7 +213,7 @@ def draw_figures(
         plots.confusion_matrices(
             cells[cells.trial_id == trial_id],
             f"{labels[trial_id]}: validation confusion, summed over "
-            f"{int(summary.at[trial_id, 'folds'])} folds, {EPOCHS[epoch]}",
+            f"{int(summary.at[trial_id, 'folds'])} folds, {EPOCH_CHOICES[epoch]}",
             out / f"confusion_{trial_id}{suffix}.png",
         )
         for trial_id in summary.index[:CONFUSION_FIGURES]
@@ -273,7 +274,8 @@ def markdown_report(
 ) -> str:
     parts = [
         f"# Study report: {results.name}\n",
-        f"Results: `{results.path.resolve()}`. Level: {LEVELS[level]}. Epoch: {EPOCHS[epoch]}. "
+        f"Results: `{results.path.resolve()}`. Level: {LEVELS[level]}. "
+        f"Epoch: {EPOCH_CHOICES[epoch]}. "
         "Score: the mean of pixel, pattern and intensity accuracy (at patch level and the "
         "final epoch, the study's cv_score). Std: sample std over folds (ddof=1).\n",
     ]
@@ -309,8 +311,8 @@ def write_report(
     suffix (report-patient-best.md), so they sit beside the default report instead of
     replacing it. Returns the files written."""
     level_metrics(level)  # a wrong level or epoch fails before anything is written
-    if epoch not in EPOCHS:
-        raise ValueError(f"unknown epoch {epoch!r}; expected one of {', '.join(EPOCHS)}")
+    if epoch not in EPOCH_CHOICES:
+        raise ValueError(f"unknown epoch {epoch!r}; expected one of {', '.join(EPOCH_CHOICES)}")
     results = load_results(results_dir)
     out = Path(out) if out is not None else results.path
     out.mkdir(parents=True, exist_ok=True)
@@ -397,7 +399,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--epoch",
         default="final",
-        choices=list(EPOCHS),
+        choices=list(EPOCH_CHOICES),
         help="each fold's last epoch, or its best (retrospective, optimistic)",
     )
     parser.add_argument(

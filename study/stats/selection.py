@@ -14,7 +14,7 @@ LEVELS = {
     "image": "image level (majority vote over a specimen's patches)",
     "patient": "patient level (majority vote over a patient's patches)",
 }
-EPOCHS = {
+EPOCH_CHOICES = {
     "final": "final epoch",
     "best": "best epoch per fold (by the fold's validation score)",
 }
@@ -27,6 +27,12 @@ NO_VOTED_PIXELS = (
     "Majority votes label specimens and patients, not pixels: there is no image- or "
     "patient-level pixel accuracy or Dice; the patch-level values are shown, so labelled."
 )
+
+
+def level_column(metric: str, level: str) -> str:
+    """The epochs column of a voted metric at `level`: pattern_acc at patient level is
+    patient_pattern_acc (the patch level's has no prefix)."""
+    return metric if level == "patch" else f"{level}_{metric}"
 
 
 def level_metrics(level: str) -> dict[str, str]:
@@ -67,8 +73,8 @@ def select_epochs(epochs: pd.DataFrame, level: str = "patch", epoch: str = "fina
     optimistic estimate, which every title says.
     """
     metrics = list(level_metrics(level))
-    if epoch not in EPOCHS:
-        raise ValueError(f"unknown epoch {epoch!r}; expected one of {', '.join(EPOCHS)}")
+    if epoch not in EPOCH_CHOICES:
+        raise ValueError(f"unknown epoch {epoch!r}; expected one of {', '.join(EPOCH_CHOICES)}")
     val = epochs[epochs.split == "val"].sort_values(["trial_id", "fold", "epoch"])
     val = val.reset_index(drop=True).reindex(columns=list(dict.fromkeys([*val, *metrics])))
     val["score"] = val[metrics[:3]].mean(axis=1, skipna=False)

@@ -33,8 +33,8 @@ from study.report.summary import (
 from study.stats.selection import select_epochs
 
 FOLDS = "ABCDE"
-EPOCHS = (1, 2, 3)
-CONFUSIONS = (
+TRIAL_EPOCHS = (1, 2, 3)
+CONFUSION_LABELS = (
     ("patch", "pattern", PATTERNS),
     ("patch", "intensity", INTENSITIES),
     ("patient", "pattern", PATTERNS),
@@ -69,7 +69,7 @@ def hand_epochs() -> pd.DataFrame:
     """
     rows = []
     for fold in FOLDS:
-        for epoch in EPOCHS:
+        for epoch in TRIAL_EPOCHS:
             for split in ("train", "val"):
                 rows.append(_row("t2", fold, epoch, split, 0.8))
                 if epoch == 1:
@@ -95,7 +95,7 @@ def hand_confusions(epochs: pd.DataFrame) -> pd.DataFrame:
         {"trial_id": r.trial_id, "fold": r.fold, "epoch": r.epoch, "split": r.split,
          "level": level, "task": task, "true": t, "predicted": p, "count": 2 if t == p else 1}
         for r in epochs.itertuples()
-        for level, task, labels in CONFUSIONS
+        for level, task, labels in CONFUSION_LABELS
         if not (level == "patient" and r.split == "train")
         for t in labels
         for p in labels
