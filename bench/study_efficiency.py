@@ -40,10 +40,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mtl import INTENSITIES, PATTERNS, EpochMetrics, SplitMetrics
-from study.presets import StudyConfig, grid, smoke
-from study.search import Choice, IntRange
-from study.tuner import prepare_data, run_study
+from mtl import INTENSITIES, PATTERNS, EpochMetrics, SplitMetrics, is_active, score
+from study.driver.prepare import StudyRequest, prepare_data
+from study.driver.tuner import run_study
+from study.spec.presets import StudyConfig, grid, smoke
+from study.spec.space import Choice, IntRange
 
 TOLERANCE = 0.01
 # name -> (Optuna sampler, Tune scheduler, ASHA reduction factor)
@@ -56,8 +57,9 @@ SEARCHES = {
 
 
 def curve_key(seg_loss: str, balancer: str, alpha, fold) -> tuple:
-    """A configuration's learning curve; alpha only for GradNorm (null elsewhere)."""
-    active = balancer == "gradnorm" and alpha is not None and alpha == alpha
+    """A configuration's learning curve; alpha only where the balancer reads it (null
+    elsewhere, as the result tables leave it)."""
+    active = is_active("alpha", balancer) and alpha is not None and alpha == alpha
     return (seg_loss, balancer, round(float(alpha), 9) if active else None, fold)
 
 
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
             study = prepare_data(study, results)
             console.print(f"training the grid: {len(configurations)} configurations x "
                           f"{args.epochs} epochs x 5 folds")  # fmt: skip
-            grid_epochs, grid_trials = run_study(study, results)
+            grid_epochs, grid_trials = run_study(StudyRequest(study, results))
 
             val = grid_epochs[grid_epochs.split == "val"].merge(
                 grid_trials[["trial_id", "seg_loss", "balancer", "alpha"]], on="trial_id"
@@ -165,8 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
             ReplayTrainer.curves = curves
             # Per configuration, fold and epoch: the score; its fold mean is what a k-epoch
             # run reports.
-            metrics = ["pixel_acc", "pattern_acc", "intensity_acc"]
-            per_fold = val.set_index(["trial_id", "epoch", "fold"])[metrics].mean(axis=1)
+            per_fold = score(val.set_index(["trial_id", "epoch", "fold"]))
             per_epoch = per_fold.groupby(["trial_id", "epoch"]).mean()
             at_budget = per_epoch.unstack("epoch")[budgets]
             best_trial, best_epoch = at_budget.stack().idxmax()
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                         max_concurrent=1, synthetic=synthetic, seed=seed, keep_checkpoints=1,
                     )  # fmt: skip
                     console.print(f"search {name}, seed {seed}")
-                    _, trials = run_study(search, results, trainer=ReplayTrainer)
+                    _, trials = run_study(StudyRequest(search, results, trainer=ReplayTrainer))
                     if (trials.status == "errored").any():
                         raise RuntimeError(f"replay failed: {trials.error.dropna().iloc[0]}")
                     found[name].append(search_work(trials, target))

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 _PUBLIC = {
     # configuration
     "TrainConfig": "mtl.config",
-    "TRAIN_PRESETS": "mtl.config",
     "original": "mtl.config",
     "small": "mtl.config",
     "tiny": "mtl.config",
@@ -27,19 +26,16 @@ _PUBLIC = {
     "add_overrides_option": "mtl.config",
     "add_version_option": "mtl.config",
     "package_version": "mtl.config",
-    "choices": "mtl.config",
-    "BALANCER_FIELDS": "mtl.config",
     "is_active": "mtl.config",
     # the result schema (no torch)
     "EpochMetrics": "mtl.schema",
     "SplitMetrics": "mtl.schema",
-    "TASKS": "mtl.schema",
-    "VOTE_LEVELS": "mtl.schema",
     "SCORE_METRICS": "mtl.schema",
     "CV_METRICS": "mtl.schema",
     "METRIC_LEVELS": "mtl.schema",
     "ID_COLUMNS": "mtl.schema",
     "score": "mtl.schema",
+    "score_metrics_at": "mtl.schema",
     "PATTERNS": "mtl.labels",
     "INTENSITIES": "mtl.labels",
     "epoch_frame": "mtl.tables",
@@ -50,11 +46,9 @@ _PUBLIC = {
     "SCHEMAS": "mtl.tables",
     "table_schema": "mtl.tables",
     "to_arrow": "mtl.tables",
-    "CONFUSIONS": "mtl.schema",
     "confusion_matrix_cells": "mtl.schema",
     # data
     "SynthSpec": "mtl.data",
-    "PatchStore": "mtl.data",
     "PatchGrid": "mtl.data",
     "build_synthetic_store": "mtl.data",
     "open_store": "mtl.data",
@@ -88,7 +82,6 @@ _PUBLIC = {
     "measure_step_memory": "mtl.memory",
     # model, losses, balancers (for the benches)
     "MultiTaskUNet": "mtl.model",
-    "MultiTaskOutput": "mtl.model",
     "task_losses": "mtl.losses",
     "BALANCERS": "mtl.balancing",
     "GradNorm": "mtl.balancing",
@@ -118,24 +111,26 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and editors; at run time names load on first use
     from mtl.balancing import BALANCERS, GradNorm, build_balancer
     from mtl.config import (
-        BALANCER_FIELDS,
-        TRAIN_PRESETS,
         TrainConfig,
-        choices,
+        add_overrides_option,
+        add_version_option,
         is_active,
         original,
+        package_version,
         parse_overrides,
         small,
         tiny,
     )
     from mtl.data import (
         INDEX_COLUMNS,
+        PatchDataset,
         PatchGrid,
-        PatchStore,
         SynthSpec,
+        build_augmentation,
         build_synthetic_store,
         fold_labels,
         holdout_patients,
+        make_loader,
         open_store,
         split_label,
     )
@@ -146,19 +141,18 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
     from mtl.losses import task_losses
     from mtl.memory import measure_step_memory, state_bytes
     from mtl.metrics import RunningSums
-    from mtl.model import MultiTaskOutput, MultiTaskUNet
+    from mtl.model import MultiTaskUNet
     from mtl.predict import MODEL_FORMAT
     from mtl.schema import (
-        CONFUSIONS,
         CV_METRICS,
         ID_COLUMNS,
         METRIC_LEVELS,
         SCORE_METRICS,
-        TASKS,
-        VOTE_LEVELS,
         EpochMetrics,
         SplitMetrics,
+        confusion_matrix_cells,
         score,
+        score_metrics_at,
     )
     from mtl.tables import (
         SCHEMA_VERSION,
@@ -175,6 +169,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
         EPOCH_DEPENDENT_SCHEDULES,
         FoldTrainer,
         Trainer,
+        checkpoint_bytes,
         checkpoint_due,
         checkpoint_name,
         heldout_rows,

@@ -2,7 +2,7 @@
 
 Every balancer is an nn.Module with the same interface and no state injected from outside:
 
-    balancer = build_balancer("gradnorm", model.shared_parameters(), alpha=0.12, lr=0.025)
+    balancer = build_balancer("gradnorm", model.shared_parameters(), alpha=0.12)
     total = balancer.backward(task_losses)  # fills every network parameter's .grad
     optimizer.step()                        # the network's own optimizer
     balancer.weights                        # the task weights backward will use next
@@ -12,6 +12,11 @@ Every balancer is an nn.Module with the same interface and no state injected fro
 weights of this step, and then updates the weights for the next one. A step whose task losses
 are not all finite leaves the network's gradients untouched (so the optimizer step changes
 nothing) and the weights unchanged, and is counted in `skipped_steps`.
+
+A balancer class declares the TrainConfig fields it reads (`reads`); they are its constructor's
+keyword arguments of the same names, and the only fields `build_balancer` passes it. That
+declaration is the one place it is said: `mtl.config.is_active` reads it, and with it a
+search, the result tables and the trackers.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mtl.config import ALPHA, BALANCER_LR
+from mtl.config import ALPHA, BALANCER_LR, TrainConfig, check_registry
 
 
 class Balancer(nn.Module):
     """Shared plumbing: the non-finite guard and the skip counter."""
+
+    # The TrainConfig fields this balancer reads, each a keyword argument of its constructor.
+    reads: tuple[str, ...] = ()
 
     def __init__(self, num_tasks: int):
         super().__init__()
@@ -113,13 +121,15 @@ class GradNorm(Balancer):
     would be mostly rounding error.
     """
 
+    reads = ("alpha", "balancer_lr")
+
     def __init__(
         self,
         shared_parameters: Sequence[nn.Parameter],
         *,
         num_tasks: int = 3,
         alpha: float = ALPHA,
-        lr: float = BALANCER_LR,
+        balancer_lr: float = BALANCER_LR,
         floor: float = 1e-3,
     ):
         super().__init__(num_tasks)
@@ -130,7 +140,7 @@ class GradNorm(Balancer):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha, self.floor = alpha, floor
         self.task_weights = nn.Parameter(torch.ones(num_tasks))
-        self.optimizer = torch.optim.Adam([self.task_weights], lr=lr)
+        self.optimizer = torch.optim.Adam([self.task_weights], lr=balancer_lr)
         self.register_buffer("initial_losses", torch.full((num_tasks,), math.nan))
         self.register_buffer("last_grad_norms", torch.zeros(num_tasks))
 
@@ -188,16 +198,18 @@ class UncertaintyWeights(Balancer):
     task weights are w_i = exp(-s_i) (they need not sum to the number of tasks).
     """
 
+    reads = ("balancer_lr",)
+
     def __init__(
         self,
         shared_parameters: Sequence[nn.Parameter] = (),
         *,
         num_tasks: int = 3,
-        lr: float = BALANCER_LR,
+        balancer_lr: float = BALANCER_LR,
     ):
         super().__init__(num_tasks)
         self.log_variances = nn.Parameter(torch.zeros(num_tasks))
-        self.optimizer = torch.optim.Adam([self.log_variances], lr=lr)
+        self.optimizer = torch.optim.Adam([self.log_variances], lr=balancer_lr)
 
     @property
     def weights(self) -> torch.Tensor:
@@ -249,13 +261,14 @@ class DynamicWeightAverage(Balancer):
             self._weights.copy_(self.num_tasks * torch.softmax(ratios / self.temperature, 0))
 
 
-# name -> factory(shared parameters, num_tasks, alpha, lr); each takes what its method needs.
-BALANCERS = {
-    "equal": lambda shared, n, alpha, lr: EqualWeights(shared, num_tasks=n),
-    "gradnorm": lambda shared, n, alpha, lr: GradNorm(shared, num_tasks=n, alpha=alpha, lr=lr),
-    "uncertainty": lambda shared, n, alpha, lr: UncertaintyWeights(shared, num_tasks=n, lr=lr),
-    "dwa": lambda shared, n, alpha, lr: DynamicWeightAverage(shared, num_tasks=n),
+# TrainConfig.balancer: name -> class.
+BALANCERS: dict[str, type[Balancer]] = {
+    "equal": EqualWeights,
+    "gradnorm": GradNorm,
+    "uncertainty": UncertaintyWeights,
+    "dwa": DynamicWeightAverage,
 }
+check_registry("balancer", BALANCERS)
 
 
 def build_balancer(
@@ -263,10 +276,27 @@ def build_balancer(
     shared_parameters: Sequence[nn.Parameter],
     *,
     num_tasks: int = 3,
-    alpha: float = ALPHA,
-    lr: float = BALANCER_LR,
+    **fields: float,
 ) -> Balancer:
-    """The balancer `name`; `alpha` is GradNorm's, `lr` that of the weights' own optimizer."""
+    """The balancer `name`, given balancer fields of TrainConfig by name (alpha=...,
+    balancer_lr=...): it gets those it reads, ignores the others (so that one call builds
+    every balancer alike), and a field not given keeps its default."""
     if name not in BALANCERS:
         raise ValueError(f"unknown balancer {name!r}; expected one of {', '.join(BALANCERS)}")
-    return BALANCERS[name](list(shared_parameters), num_tasks, alpha, lr)
+    known = sorted({field for cls in BALANCERS.values() for field in cls.reads})
+    if unknown := sorted(set(fields) - set(known)):
+        raise TypeError(f"no balancer reads {', '.join(unknown)}; they read {', '.join(known)}")
+    cls = BALANCERS[name]
+    return cls(
+        list(shared_parameters),
+        num_tasks=num_tasks,
+        **{field: value for field, value in fields.items() if field in cls.reads},
+    )
+
+
+def balancer_from_config(
+    config: TrainConfig, shared_parameters: Sequence[nn.Parameter]
+) -> Balancer:
+    """The balancer `config` names, with the configuration's values of the fields it reads."""
+    cls = BALANCERS[config.balancer]
+    return cls(list(shared_parameters), **{field: getattr(config, field) for field in cls.reads})

@@ -1,56 +1,75 @@
 """Training configuration of one fold: a frozen dataclass, validated on construction.
 
-`study` builds on these; nothing here knows about Ray or Optuna.
+`study` builds on these; nothing here knows about Ray or Optuna. A configuration is made,
+changed and checked without torch (tests/test_layering.py); only `is_active` loads the torch
+code, the balancer classes it asks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import difflib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
 
-# A field with a closed set of values takes the names of the registry that builds them (one
-# source: a strategy added there is valid here and listed in every --help). The registries
-# live with torch code; they are imported when a choice is first checked, not on import.
-CHOICES = {
-    "folds": ("mtl.data.folds", "FOLD_SCHEMES"),
-    "augment": ("mtl.data.augment", "AUGMENTATIONS"),
-    "head": ("mtl.model", "HEADS"),
-    "seg_loss": ("mtl.losses", "SEG_LOSSES"),
-    "balancer": ("mtl.balancing", "BALANCERS"),
-    "lr_schedule": ("mtl.trainer", "LR_SCHEDULES"),
-    "device": ("mtl.trainer", "DEVICES"),
+# A field with a closed set of values: its names, here without torch, so that a configuration
+# is made and checked without loading the code that builds it. Each name's factory lives with
+# that code, in a registry that checks on import that it has exactly these names
+# (`check_registry`): a strategy added there must be named here, where it becomes valid and
+# listed in every --help.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "folds": ("stratified", "seed"),  # mtl.data.folds.FOLD_SCHEMES
+    "augment": ("none", "basic"),  # mtl.data.augment.AUGMENTATIONS
+    "head": ("flatten", "pool"),  # mtl.model.HEADS
+    "seg_loss": ("dice", "bce"),  # mtl.losses.SEG_LOSSES
+    "balancer": ("equal", "gradnorm", "uncertainty", "dwa"),  # mtl.balancing.BALANCERS
+    "lr_schedule": ("constant", "cosine"),  # mtl.trainer.LR_SCHEDULES
+    "device": ("auto", "cpu", "cuda"),  # mtl.trainer.DEVICES
 }
 # GradNorm's asymmetry and the task weights' learning rate (GradNorm's paper: 0.025); the
 # balancers take these defaults from here.
 ALPHA = 0.12
 BALANCER_LR = 0.025
-# The balancer fields of TrainConfig each balancer reads (mtl.balancing.BALANCERS). To the
-# other balancers a field means nothing: a search does not sample it for them, and the result
-# tables and labels leave it null.
-BALANCER_FIELDS = {
-    "equal": (),
-    "gradnorm": ("alpha", "balancer_lr"),
-    "uncertainty": ("balancer_lr",),
-    "dwa": (),
-}
+
+
+def check_registry(field: str, registry: Mapping[str, object]) -> None:
+    """Raise unless `registry` (name -> factory) has exactly the names of CHOICES[field], in
+    their order: called by each registry's module when it is imported."""
+    if tuple(registry) != CHOICES[field]:
+        raise ImportError(
+            f"the {field} registry has {', '.join(registry)} but mtl.config.CHOICES[{field!r}] "
+            f"lists {', '.join(CHOICES[field])}; name every {field} in both, in one order"
+        )
+
+
+def check_choice(field: str, value: object) -> None:
+    """Raise a ValueError naming the valid values unless `value` is one of `field`'s."""
+    names = CHOICES[field]
+    if value in names:
+        return
+    close = difflib.get_close_matches(str(value), names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"{field} must be one of {', '.join(names)}; got {value!r}{hint}")
 
 
 def is_active(field: str, balancer: str) -> bool:
-    """Whether `field` means anything to a fold trained with `balancer`."""
-    options = {f for fields in BALANCER_FIELDS.values() for f in fields}
-    return field not in options or field in BALANCER_FIELDS.get(balancer, ())
+    """Whether `field` means anything to a fold trained with `balancer`: a field some balancer
+    reads (its class's `reads`) means nothing to the others; a search does not sample it for
+    them, and the result tables and labels leave it null there. An unknown balancer reads no
+    balancer field.
 
+    The balancer classes are the one statement of what each reads (build_balancer passes
+    them exactly those fields), and they are torch modules: their module is imported here,
+    on the first question, not when the configuration is. Whoever asks (a search space, a
+    results table) is about to train or tabulate folds; TrainConfig itself never asks.
+    """
+    from mtl.balancing import BALANCERS
 
-@cache
-def choices(field: str) -> tuple[str, ...]:
-    """The valid values of a TrainConfig field with a closed set of values."""
-    module, registry = CHOICES[field]
-    return tuple(getattr(importlib.import_module(module), registry))
+    reads = {name: cls.reads for name, cls in BALANCERS.items()}
+    read_by_some = {name for fields in reads.values() for name in fields}
+    return field not in read_by_some or field in reads.get(balancer, ())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +83,7 @@ class TrainConfig:
 
     # Data: a patch store made by `python -m mtl.data` (or the synthetic generator).
     data: str = ""
-    folds: str = "stratified"  # choices("folds")
+    folds: str = "stratified"  # CHOICES["folds"]
     num_folds: int = 5
     fold_seed: int = 0
     # Patients in no fold, neither trained nor validated on: a study's test set, chosen once
@@ -102,10 +121,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in CHOICES:
-            if getattr(self, name) not in choices(name):
-                raise ValueError(
-                    f"{name} must be one of {', '.join(choices(name))}; got {getattr(self, name)!r}"
-                )
+            check_choice(name, getattr(self, name))
         for name in ("num_folds", "encoder_depth", "head_hidden", "image_size", "epochs",
                      "checkpoint_every"):  # fmt: skip
             _check_positive(name, getattr(self, name))
@@ -197,8 +213,8 @@ def add_version_option(parser) -> None:
 
 def add_overrides_option(parser) -> None:
     """Every command's `--set KEY=VALUE` (into `args.overrides`, for `parse_overrides`),
-    its help listing each closed field's choices from its registry."""
-    listed = "; ".join(f"{name}: {'|'.join(choices(name))}" for name in CHOICES)
+    its help listing the names of each field with a closed set (CHOICES)."""
+    listed = "; ".join(f"{name}: {'|'.join(names)}" for name, names in CHOICES.items())
     parser.add_argument(
         "--set",
         dest="overrides",

@@ -19,15 +19,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mtl import formulas
 from mtl.config import TrainConfig
 from mtl.data import PatchStore
 from mtl.labels import INTENSITIES, PATTERNS
-from mtl.metrics import vote
+from mtl.metrics import VOTED_TASKS, voted_labels
 from mtl.model import MultiTaskUNet
 from mtl.predict import ensemble_probabilities
-from mtl.schema import METRIC_LEVELS
+from mtl.schema import METRIC_LEVELS, VOTE_LEVELS, score
 
-K = len(PATTERNS)
+# The levels whose confusion cells patient_sums counts: every patch, then the votes.
+LEVELS = ("patch", *VOTE_LEVELS)
 
 
 def load_models(
@@ -51,7 +53,8 @@ def patient_sums(
     batch_size: int = 32,
 ) -> pd.DataFrame:
     """One row per patient of `rows` (the held-out patches): the counts every held-out
-    metric is a ratio of (pixel tp/fp/fn/tn, correct patches, votes, confusion cells)."""
+    metric is computed from (pixel tp/fp/fn/tn; patches, images and patients; the cells of
+    each level's pattern and intensity confusion matrices, `confusion_columns`)."""
     if not len(rows):
         raise ValueError("no held-out patches to evaluate")
     index = store.index.iloc[rows].reset_index(drop=True)
@@ -59,50 +62,52 @@ def patient_sums(
     mask_probs, pattern_probs, intensity_probs = ensemble_probabilities(
         models, np.asarray(store.images[rows]), device, batch_size
     )
-    cells = mask_probs > config.threshold
-    true_pattern = index.pattern.map(PATTERNS.index).to_numpy()
-    true_intensity = index.intensity.map(INTENSITIES.index).to_numpy()
+    found = mask_probs > config.threshold  # the pixels predicted to be cells
     patches = pd.DataFrame(
         {
             "patient": index.patient.to_numpy(),
             "patches": 1,
-            "tp": (cells & masks).sum((1, 2)),
-            "fp": (cells & ~masks).sum((1, 2)),
-            "fn": (~cells & masks).sum((1, 2)),
-            "tn": (~cells & ~masks).sum((1, 2)),
-            "pattern_correct": pattern_probs.argmax(1) == true_pattern,
-            "intensity_correct": (intensity_probs > 0.5) == true_intensity,
+            "tp": (found & masks).sum((1, 2)),
+            "fp": (found & ~masks).sum((1, 2)),
+            "fn": (~found & masks).sum((1, 2)),
+            "tn": (~found & ~masks).sum((1, 2)),
         }
     )
-    patches = patches.join(_confusion_cells("cm", true_pattern, pattern_probs.argmax(1)))
+    predicted = {"pattern": pattern_probs.argmax(1), "intensity": intensity_probs > 0.5}
+    true = {
+        "pattern": index.pattern.map(PATTERNS.index).to_numpy(),
+        "intensity": index.intensity.map(INTENSITIES.index).to_numpy(),
+    }
+    for task, classes in VOTED_TASKS:
+        cells = _confusion_cells("patch", task, classes, true[task], predicted[task])
+        patches = patches.join(cells)
     sums = patches.groupby("patient").sum()
 
     # Votes: one label per specimen (image) and per patient, as in validation.
-    two_class = np.stack([1 - intensity_probs, intensity_probs], 1)
-    images = index.patient.astype(str) + "/" + index.specimen.astype(str)
-    for level, groups in (("image", images.to_numpy()), ("patient", index.patient.to_numpy())):
-        first = index.groupby(groups)[["patient"]].first()
-        pattern = vote(groups, pattern_probs).loc[first.index].to_numpy()
-        intensity = vote(groups, two_class).loc[first.index].to_numpy()
-        truth = pd.DataFrame({"pattern": true_pattern, "intensity": true_intensity})
-        truth = truth.groupby(groups).first().loc[first.index]
-        voted = pd.DataFrame(
-            {
-                "patient": first.patient.to_numpy(),
-                f"{level}s": 1,
-                f"{level}_pattern_correct": pattern == truth.pattern.to_numpy(),
-                f"{level}_intensity_correct": intensity == truth.intensity.to_numpy(),
-            }
-        ).join(_confusion_cells(f"{level}_cm", truth.pattern.to_numpy(), pattern))
-        sums = sums.join(voted.groupby("patient").sum())
+    for level in VOTE_LEVELS:
+        voted = voted_labels(index, pattern_probs, intensity_probs, level)
+        counts = pd.DataFrame({"patient": voted.patient.to_numpy(), f"{level}s": 1})
+        for task, classes in VOTED_TASKS:
+            cells = _confusion_cells(level, task, classes, voted[task], voted[f"predicted_{task}"])
+            counts = counts.join(cells)
+        sums = sums.join(counts.groupby("patient").sum())
     return sums.astype(np.int64)
 
 
-def _confusion_cells(prefix: str, true: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
-    """One-hot 7x7 confusion cells per row, columns `<prefix>_<t>_<p>` (row-major)."""
-    onehot = np.zeros((len(true), K * K), np.int64)
-    onehot[np.arange(len(true)), np.asarray(true) * K + np.asarray(predicted)] = 1
-    return pd.DataFrame(onehot, columns=[f"{prefix}_{t}_{p}" for t in range(K) for p in range(K)])
+def confusion_columns(level: str, task: str, classes: int) -> list[str]:
+    """patient_sums' columns of a confusion matrix, `<level>_<task>_<true>_<predicted>` (label
+    indices), row-major."""
+    return [f"{level}_{task}_{t}_{p}" for t in range(classes) for p in range(classes)]
+
+
+def _confusion_cells(
+    level: str, task: str, classes: int, true: np.ndarray, predicted: np.ndarray
+) -> pd.DataFrame:
+    """One-hot confusion cells, one row per example (confusion_columns)."""
+    onehot = np.zeros((len(true), classes * classes), np.int64)
+    flat = np.asarray(true, np.int64) * classes + np.asarray(predicted, np.int64)
+    onehot[np.arange(len(true)), flat] = 1
+    return pd.DataFrame(onehot, columns=confusion_columns(level, task, classes))
 
 
 def heldout_metrics(sums: pd.DataFrame, weights: np.ndarray | None = None) -> pd.DataFrame:
@@ -111,35 +116,24 @@ def heldout_metrics(sums: pd.DataFrame, weights: np.ndarray | None = None) -> pd
     w = np.ones((1, len(sums))) if weights is None else np.atleast_2d(weights)
     total = pd.DataFrame(w @ sums.to_numpy(dtype=np.float64), columns=sums.columns)
 
-    def ratio(numerator, denominator):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.asarray(numerator, float) / np.asarray(denominator, float)
+    def matrices(level: str, task: str, classes: int) -> np.ndarray:
+        columns = confusion_columns(level, task, classes)
+        return total[columns].to_numpy().reshape(-1, classes, classes)
 
-    def mca(prefix: str) -> np.ndarray:
-        cm = total[[f"{prefix}_{t}_{p}" for t in range(K) for p in range(K)]].to_numpy()
-        cm = cm.reshape(-1, K, K)
-        support = cm.sum(2)
-        recall = ratio(np.diagonal(cm, axis1=1, axis2=2), support)
-        recall[support == 0] = np.nan  # a class absent from the resample does not count
-        with _no_empty_warning():
-            return np.nanmean(recall, axis=1)
-
-    tp, fp, fn, tn = (total[c] for c in ("tp", "fp", "fn", "tn"))
+    tp, fp, fn, tn = (total[c].to_numpy() for c in ("tp", "fp", "fn", "tn"))
     out = {
-        "pixel_acc": ratio(tp + tn, tp + fp + fn + tn),
-        "dice": ratio(2 * tp, 2 * tp + fp + fn),
-        "iou": ratio(tp, tp + fp + fn),
-        "pattern_acc": ratio(total.pattern_correct, total.patches),
-        "pattern_mca": mca("cm"),
-        "intensity_acc": ratio(total.intensity_correct, total.patches),
+        "pixel_acc": formulas.pixel_accuracy(tp, fp, fn, tn),
+        "dice": formulas.dice(tp, fp, fn),
+        "iou": formulas.iou(tp, fp, fn),
     }
-    for level in ("image", "patient"):
-        out[f"{level}_pattern_acc"] = ratio(total[f"{level}_pattern_correct"], total[f"{level}s"])
-        out[f"{level}_pattern_mca"] = mca(f"{level}_cm")
-        out[f"{level}_intensity_acc"] = ratio(
-            total[f"{level}_intensity_correct"], total[f"{level}s"]
-        )
-    out["score"] = (out["pixel_acc"] + out["pattern_acc"] + out["intensity_acc"]) / 3
+    for level in LEVELS:
+        prefix = "" if level == "patch" else f"{level}_"
+        for task, classes in VOTED_TASKS:
+            cm = matrices(level, task, classes)
+            out[f"{prefix}{task}_acc"] = formulas.accuracy(cm)
+            if task == "pattern":
+                out[f"{prefix}pattern_mca"] = formulas.mean_class_accuracy(cm)
+    out["score"] = score(out)
     return pd.DataFrame(out)[list(METRIC_LEVELS)]
 
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 
+from mtl.config import check_registry
 from mtl.model import MultiTaskOutput
 
 _dice = DiceLoss(mode="multilabel", from_logits=True)
@@ -29,6 +30,7 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # TrainConfig.seg_loss: name -> loss of (mask logits, mask).
 SEG_LOSSES = {"dice": dice_loss, "bce": bce_loss}
+check_registry("seg_loss", SEG_LOSSES)
 
 
 def task_losses(

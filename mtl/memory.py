@@ -9,7 +9,7 @@ a GPU, measured.
   small synthetic store at the configuration's model, patch size, batch and precision; the
   peak the caching allocator reserved plus the CUDA context, and what stays allocated after
   the step. None without CUDA. This is the figure a fold worker needs on a GPU
-  (study/placement.py), measured by bench/gpu_check.sh or probed at study start.
+  (study/driver/placement.py), measured by bench/gpu_check.sh or probed at study start.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Patch level: pixel accuracy over both classes (the original study's "mask accura
 foreground Dice and IoU over all pixels of the split, pattern accuracy and mean class
 accuracy, the 7x7 pattern and 2x2 intensity confusion matrices (rows true, columns
 predicted, fixed labels). Image level (the patches of a specimen) and patient level (all of
-a patient's patches): pattern and intensity by majority vote of the patches.
+a patient's patches): pattern and intensity by majority vote of the patches. Here the
+counts are kept and the votes taken; `mtl.formulas` turns counts into metrics.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ import pandas as pd
 import segmentation_models_pytorch as smp
 import torch
 
+from mtl import formulas
 from mtl.labels import INTENSITIES, PATTERNS
 from mtl.model import MultiTaskOutput
-from mtl.schema import NAN, VOTE_LEVELS, SplitMetrics, recalls
+from mtl.schema import VOTE_LEVELS, SplitMetrics
 
-
-def mean_class_accuracy(confusion: np.ndarray) -> float:
-    """Mean recall over the classes present: every class counts alike, whatever its size."""
-    recalls_ = recalls(confusion)
-    return float(np.nanmean(recalls_)) if np.isfinite(recalls_).any() else NAN
+# The tasks voted on: (task, number of classes).
+VOTED_TASKS = (("pattern", len(PATTERNS)), ("intensity", len(INTENSITIES)))
 
 
 def confusion(true: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
@@ -76,25 +75,19 @@ class RunningSums:
         intensity_cm = self.intensity_cm.view(m, m).cpu().numpy()
         n = int(pattern_cm.sum())
         seg, pattern, intensity = (self.losses / max(n, 1)).tolist()
-        tp, fp, fn, tn = self.pixel_stats.view(4, 1, 1).cpu()
-        pixel_scores = {
-            name: float(fn_(tp, fp, fn, tn, reduction="micro")) if n else NAN
-            for name, fn_ in (
-                ("pixel_acc", smp.metrics.accuracy),
-                ("dice", smp.metrics.f1_score),
-                ("iou", smp.metrics.iou_score),
-            )
-        }
+        tp, fp, fn, tn = self.pixel_stats.cpu().numpy()
         return SplitMetrics(
             patches=n,
             loss=seg + pattern + intensity,
             loss_seg=seg,
             loss_pattern=pattern,
             loss_intensity=intensity,
-            **pixel_scores,
-            pattern_acc=float(np.trace(pattern_cm) / n) if n else NAN,
-            pattern_mca=mean_class_accuracy(pattern_cm),
-            intensity_acc=float(np.trace(intensity_cm) / n) if n else NAN,
+            pixel_acc=float(formulas.pixel_accuracy(tp, fp, fn, tn)),
+            dice=float(formulas.dice(tp, fp, fn)),
+            iou=float(formulas.iou(tp, fp, fn)),
+            pattern_acc=float(formulas.accuracy(pattern_cm)),
+            pattern_mca=float(formulas.mean_class_accuracy(pattern_cm)),
+            intensity_acc=float(formulas.accuracy(intensity_cm)),
             pattern_confusion=tuple(map(tuple, pattern_cm.tolist())),
             intensity_confusion=tuple(map(tuple, intensity_cm.tolist())),
             **votes,
@@ -104,40 +97,50 @@ class RunningSums:
 def majority_votes(
     index: pd.DataFrame, pattern_probs: np.ndarray, intensity_probs: np.ndarray
 ) -> dict[str, object]:
-    """Image- and patient-level accuracy and mean class accuracy by majority vote, and the
-    patient-level confusion matrices.
+    """Image- and patient-level accuracy and mean class accuracy by majority vote (see
+    `voted_labels`), and the patient-level confusion matrices."""
+    result = {}
+    for level in VOTE_LEVELS:
+        voted = voted_labels(index, pattern_probs, intensity_probs, level)
+        for task, classes in VOTED_TASKS:
+            cm = confusion(voted[task], voted[f"predicted_{task}"], classes)
+            result[f"{level}_{task}_acc"] = float(formulas.accuracy(cm))
+            if task == "pattern":
+                result[f"{level}_pattern_mca"] = float(formulas.mean_class_accuracy(cm))
+            if level == "patient":
+                result[f"patient_{task}_confusion"] = tuple(map(tuple, cm.tolist()))
+    return result
+
+
+def voted_labels(
+    index: pd.DataFrame, pattern_probs: np.ndarray, intensity_probs: np.ndarray, level: str
+) -> pd.DataFrame:
+    """One row per specimen (`level` "image") or patient ("patient") of the patches of
+    `index`, sorted: its patient, its true pattern and intensity and the predicted ones
+    (`predicted_pattern`, `predicted_intensity`), as label indices.
 
     `index` has one row per patch (patient, specimen, pattern, intensity), aligned with the
-    predicted probabilities (patches x 7 patterns; patches of P(positive)). Each specimen
-    (image) and each patient gets the label most of its patches predict; a tie goes to the
-    tied label with the larger summed probability.
+    predicted probabilities (patches x 7 patterns; patches of P(positive)). Each group gets
+    the label most of its patches predict (`vote`).
     """
+    if level not in VOTE_LEVELS:
+        raise ValueError(f"unknown level {level!r}; expected one of {', '.join(VOTE_LEVELS)}")
+    if level == "patient":
+        groups = index.patient.to_numpy()
+    else:  # a specimen is known by its patient and its number
+        groups = index.patient.astype(str).to_numpy() + "/" + index.specimen.astype(str).to_numpy()
     patches = pd.DataFrame(
         {
-            "image": index.patient.astype(str).to_numpy()
-            + "/"
-            + index.specimen.astype(str).to_numpy(),
             "patient": index.patient.to_numpy(),
             "pattern": index.pattern.map(PATTERNS.index).to_numpy(),
             "intensity": index.intensity.map(INTENSITIES.index).to_numpy(),
         }
     )
-    intensity_probs = np.stack([1 - intensity_probs, intensity_probs], 1)
-    result = {}
-    for level in VOTE_LEVELS:
-        for task, probs, classes in (
-            ("pattern", pattern_probs, len(PATTERNS)),
-            ("intensity", intensity_probs, len(INTENSITIES)),
-        ):
-            predicted = vote(patches[level].to_numpy(), probs)
-            true = patches.groupby(level)[task].first().loc[predicted.index].to_numpy()
-            cm = confusion(true, predicted.to_numpy(), classes)
-            result[f"{level}_{task}_acc"] = float(np.trace(cm) / cm.sum())
-            if task == "pattern":
-                result[f"{level}_pattern_mca"] = mean_class_accuracy(cm)
-            if level == "patient":
-                result[f"patient_{task}_confusion"] = tuple(map(tuple, cm.tolist()))
-    return result
+    voted = patches.groupby(groups).first()  # a patient's (so a specimen's) labels are one
+    two_class = np.stack([1 - intensity_probs, intensity_probs], 1)
+    voted["predicted_pattern"] = vote(groups, pattern_probs)
+    voted["predicted_intensity"] = vote(groups, two_class)
+    return voted
 
 
 def vote(groups: np.ndarray, probs: np.ndarray) -> pd.Series:

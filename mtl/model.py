@@ -13,7 +13,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from mtl.config import TrainConfig
+from mtl.config import TrainConfig, check_registry
 from mtl.labels import PATTERNS
 
 # The model sees grey patches repeated to three channels, normalised as ImageNet images so
@@ -49,7 +49,9 @@ def _pool_head(channels: int, side: int, hidden: int, outputs: int) -> nn.Module
     )
 
 
+# TrainConfig.head: name -> head of (bottleneck channels, side, hidden units, outputs).
 HEADS = {"flatten": _flatten_head, "pool": _pool_head}
+check_registry("head", HEADS)
 
 
 class MultiTaskUNet(nn.Module):

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from mtl.formulas import recalls
 from mtl.labels import INTENSITIES, PATTERNS
 
 NAN = math.nan
@@ -46,20 +48,41 @@ METRIC_LEVELS = {
     "patient_intensity_acc": "patient",
 }
 # The confusion matrices a split keeps: (level, task, labels); confusions.parquet's rows.
-CONFUSIONS = (
+CONFUSION_MATRICES = (
     ("patch", "pattern", PATTERNS),
     ("patch", "intensity", INTENSITIES),
     ("patient", "pattern", PATTERNS),
     ("patient", "intensity", INTENSITIES),
 )
-CONFUSION_LABELS = {(level, task): labels for level, task, labels in CONFUSIONS}
+CONFUSION_LABELS = {(level, task): labels for level, task, labels in CONFUSION_MATRICES}
 # The identifying columns of epochs.parquet (and of `python -m mtl.train`'s epochs table).
 ID_COLUMNS = ("trial_id", "fold", "epoch", "split")
 
 
-def score(values) -> float:
-    """The score of a row or mapping of metrics: the mean of SCORE_METRICS (NaN if any is)."""
-    return float(np.mean([values[m] for m in SCORE_METRICS]))
+def score_metrics_at(level: str) -> tuple[str, ...]:
+    """The metrics whose mean is the score at `level` (METRIC_LEVELS' levels): at a vote level,
+    each of SCORE_METRICS by that level's votes where there is one (pixels are not voted on,
+    so pixel accuracy stays the patch level's)."""
+    if level == "patch":
+        return SCORE_METRICS
+    if level not in VOTE_LEVELS:
+        raise ValueError(
+            f"unknown level {level!r}; expected one of patch, {', '.join(VOTE_LEVELS)}"
+        )
+    return tuple(f"{level}_{m}" if f"{level}_{m}" in METRIC_LEVELS else m for m in SCORE_METRICS)
+
+
+def score(values, metrics: Sequence[str] = SCORE_METRICS):
+    """The study's score: the mean of `metrics` (by default SCORE_METRICS; a study's own
+    `score_metrics`, or `score_metrics_at(level)`) in `values`, NaN where any of them is NaN.
+
+    `values` is anything indexed by metric name: a mapping or a table row gives a float; a
+    table (DataFrame: a Series, index kept) or a mapping of arrays gives one score per row.
+    """
+    if not metrics:
+        raise ValueError("a score needs at least one metric")
+    mean = sum(values[m] for m in metrics) / len(metrics)  # NaN propagates, unlike nanmean
+    return float(mean) if np.ndim(mean) == 0 else mean
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,10 +127,10 @@ class SplitMetrics:
         return row
 
     def matrices(self) -> list[tuple[str, str, tuple[tuple[int, ...], ...]]]:
-        """(level, task, matrix) of every confusion matrix the split has (CONFUSIONS order;
-        the training split has no patient votes)."""
+        """(level, task, matrix) of every confusion matrix the split has (in
+        CONFUSION_MATRICES order; the training split has no patient votes)."""
         found = []
-        for level, task, _ in CONFUSIONS:
+        for level, task, _ in CONFUSION_MATRICES:
             prefix = "" if level == "patch" else f"{level}_"
             matrix = getattr(self, f"{prefix}{task}_confusion")
             if matrix:
@@ -165,10 +188,3 @@ class EpochMetrics:
             for split, metrics in (("train", self.train), ("val", self.val))
             for cell in metrics.confusions()
         ]
-
-
-def recalls(confusion: np.ndarray) -> np.ndarray:
-    """Recall of every class of a confusion matrix (rows true); NaN for a class without examples."""
-    support = confusion.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support > 0, np.diag(confusion) / support, np.nan)

@@ -56,14 +56,14 @@ SPLIT_COLUMNS = [(n, t) for n, t in _fields(SplitMetrics) if not n.endswith("_co
 # Where a fold trained: host name, IP address, Ray's node id, and the device ("cpu" or the
 # GPU's model).
 NODE_COLUMNS = [("node", STRING), ("node_ip", STRING), ("node_id", STRING), ("device", STRING)]
-EPOCHS = _schema(
+EPOCHS_SCHEMA = _schema(
     "epochs",
     [("study", STRING), ("trial_id", STRING), ("fold", STRING), ("epoch", INT), ("split", STRING),
      *SPLIT_COLUMNS, *[(f"recall_{p}", FLOAT) for p in PATTERNS],
      *[(f"weight_{t}", FLOAT) for t in TASKS], ("skipped_steps", INT), ("seconds", FLOAT),
      ("data_seconds", FLOAT), *NODE_COLUMNS],
 )  # fmt: skip
-CONFUSIONS = _schema(
+CONFUSIONS_SCHEMA = _schema(
     "confusions",
     [("study", STRING), ("trial_id", STRING), ("fold", STRING), ("epoch", INT), ("split", STRING),
      ("level", STRING), ("task", STRING), ("true", STRING), ("predicted", STRING),
@@ -83,14 +83,14 @@ PROVENANCE_COLUMNS = [
     ("code_dirty", pa.bool_()), ("python", STRING), ("torch", STRING), ("cuda", STRING),
     ("smp", STRING), ("ray", STRING), ("optuna", STRING), ("gpu", STRING), ("command", STRING),
 ]  # fmt: skip
-TRIALS = _schema(
+TRIALS_SCHEMA = _schema(
     "trials",
     [("study", STRING), ("trial_id", STRING), ("optuna_trial", COUNT), *_fields(TrainConfig),
      ("status", STRING), ("epochs_run", INT), ("error", STRING), ("started", UTC_TIME),
      ("ended", UTC_TIME), ("best_epoch", INT), ("cv_folds", INT), *CV_COLUMNS,
      *PROVENANCE_COLUMNS],
 )  # fmt: skip
-STATS = _schema(
+STATS_SCHEMA = _schema(
     "stats",
     [("study", STRING), ("trial_id", STRING), ("metric", STRING), ("n_folds", COUNT),
      *[(c, FLOAT) for c in ("mean", "std", "diff_vs_best", "ci_low", "ci_high", "p_value",
@@ -98,14 +98,15 @@ STATS = _schema(
      ("is_best", pa.bool_()), ("missing_folds", COUNT), ("verdict", STRING),
      ("half_width", FLOAT)],
 )  # fmt: skip
-TEST = _schema(
+TEST_SCHEMA = _schema(
     "test",
     [("study", STRING), ("trial_id", STRING), ("level", STRING), ("metric", STRING),
      *[(c, FLOAT) for c in ("cv", "cv_std", "test", "ci_low", "ci_high", "optimism")],
      *[(c, COUNT) for c in ("test_patients", "test_images", "test_patches", "folds")]],
 )  # fmt: skip
 SCHEMAS: dict[str, pa.Schema] = {
-    s.metadata[b"table"].decode(): s for s in (EPOCHS, CONFUSIONS, TRIALS, STATS, TEST)
+    s.metadata[b"table"].decode(): s
+    for s in (EPOCHS_SCHEMA, CONFUSIONS_SCHEMA, TRIALS_SCHEMA, STATS_SCHEMA, TEST_SCHEMA)
 }
 
 

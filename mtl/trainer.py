@@ -27,8 +27,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from mtl.balancing import build_balancer
-from mtl.config import TrainConfig
+from mtl.balancing import balancer_from_config
+from mtl.config import TrainConfig, check_registry
 from mtl.data import (
     PatchDataset,
     PatchStore,
@@ -58,6 +58,7 @@ def _cuda_device() -> torch.device:
 
 # TrainConfig.device: name -> the torch device it means on this machine.
 DEVICES = {"auto": _auto_device, "cpu": lambda: torch.device("cpu"), "cuda": _cuda_device}
+check_registry("device", DEVICES)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -106,6 +107,7 @@ LR_SCHEDULES = {
     "constant": lambda epoch, epochs: 1.0,
     "cosine": lambda epoch, epochs: 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs)),
 }
+check_registry("lr_schedule", LR_SCHEDULES)
 # Schedules whose value at an epoch depends on the total epochs: trials of different lengths
 # are at different points of them at the same epoch (which ASHA's rungs compare).
 EPOCH_DEPENDENT_SCHEDULES = frozenset({"cosine"})
@@ -169,12 +171,8 @@ class FoldTrainer:
         if cuda:
             self.model = self.model.channels_last()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=cuda)
-        self.balancer = build_balancer(
-            config.balancer,
-            self.model.shared_parameters(),
-            alpha=config.alpha,
-            lr=config.balancer_lr,
-        ).to(self.device)
+        shared = self.model.shared_parameters()
+        self.balancer = balancer_from_config(config, shared).to(self.device)
         options = {"num_workers": config.num_workers, "pin_memory": cuda, "seed": config.seed}
         augment = build_augmentation(config.augment)
         self.train_loader = make_loader(

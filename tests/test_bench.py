@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mtl.balancing import BALANCERS
+from mtl import BALANCERS
 
 pytestmark = pytest.mark.slow  # benches, each in its own process
 

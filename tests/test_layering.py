@@ -125,6 +125,22 @@ def test_reading_results_needs_no_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_a_configuration_is_made_and_checked_without_torch():
+    """The names of the closed fields are the config's own: making, changing and refusing a
+    configuration loads none of the torch code that builds what it names."""
+    code = (
+        "import sys; from mtl.config import TrainConfig\n"
+        "TrainConfig().replace(balancer='gradnorm', seg_loss='bce', head='pool')\n"
+        "try: TrainConfig(balancer='pcgrad')\n"
+        "except ValueError as refused: print(refused)\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    refusal, torch_loaded = out.stdout.strip().splitlines()
+    assert refusal.startswith("balancer must be one of equal, gradnorm")
+    assert torch_loaded == "False"
+
+
 def test_no_import_cycles():
     assert find_cycle(import_graph()) is None
 
@@ -143,6 +159,20 @@ def test_study_bench_and_study_tests_use_only_mtl_public_names():
     ]
     offenders = [line for path in paths for line in private_mtl_imports(path)]
     assert not offenders, offenders
+
+
+def test_the_bench_tests_use_only_mtl_public_names():
+    assert not private_mtl_imports(ROOT / "tests" / "test_bench.py")
+
+
+def test_the_type_checking_imports_are_the_public_names():
+    """mtl/__init__.py's `if TYPE_CHECKING:` imports are its public table, module for module."""
+    tree = ast.parse((ROOT / "mtl" / "__init__.py").read_text())
+    (block,) = [
+        n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test)
+    ]
+    imported = {alias.name: node.module for node in block.body for alias in node.names}
+    assert imported == mtl._PUBLIC
 
 
 def test_the_public_name_check_catches_private_imports(tmp_path):

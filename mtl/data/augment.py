@@ -15,6 +15,8 @@ import cv2
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
 import albumentations as A  # noqa: E402
 
+from mtl.config import check_registry  # noqa: E402
+
 
 def _basic() -> A.Compose:
     return A.Compose(
@@ -35,7 +37,9 @@ def _basic() -> A.Compose:
     )
 
 
+# TrainConfig.augment: name -> a pipeline (None: no augmentation).
 AUGMENTATIONS = {"none": lambda: None, "basic": _basic}
+check_registry("augment", AUGMENTATIONS)
 
 
 def build_augmentation(name: str) -> A.Compose | None:

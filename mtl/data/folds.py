@@ -18,6 +18,8 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
+from mtl.config import check_registry
+
 
 @cache
 def reference_patients() -> pd.DataFrame:
@@ -112,3 +114,4 @@ def _stratified_folds(patients: pd.DataFrame, k: int, seed: int) -> pd.Series:
 
 # TrainConfig.folds: name -> the function that deals patients (with labels) into k folds.
 FOLD_SCHEMES = {"stratified": _stratified_folds, "seed": _seed_folds}
+check_registry("folds", FOLD_SCHEMES)

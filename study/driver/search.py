@@ -1,10 +1,10 @@
-"""Search spaces, the Optuna searcher and the ASHA scheduler of a study.
+"""The Optuna searcher and the ASHA scheduler of a study.
 
-A preset describes its space with the small frozen domains below. The space is conditional
-(define-by-run, `ConditionalSpace`): a balancer's own fields (`alpha` for GradNorm,
-`balancer_lr` for the balancers with learned weights, mtl.config.BALANCER_FIELDS) are
-sampled only for the trials whose balancer reads them, so no trial carries a number that did
-nothing, and TPE does not model one.
+A preset describes its space with the small frozen domains of study/spec/space.py. The
+space is conditional (define-by-run, `ConditionalSpace`): a balancer's own fields (`alpha`
+for GradNorm, `balancer_lr` for the balancers with learned weights: each balancer class's
+`reads`, asked through `mtl.is_active`) are sampled only for the trials whose balancer reads
+them, so no trial carries a number that did nothing, and TPE does not model one.
 
 The Optuna study and the tables are linked: every trial's configuration carries its Optuna
 trial number (`optuna_trial`, a column of trials.parquet), and every Optuna trial the Tune

@@ -17,6 +17,7 @@ from mtl import (
     SCORE_METRICS,
     EpochMetrics,
     confusion_matrix_cells,
+    score,
 )
 from study.storage import filesystem_and_path
 
@@ -41,11 +42,9 @@ def epoch_report(
     for metric in dict.fromkeys((*CV_METRICS, *score_metrics)):
         values = [getattr(m.val, metric) for m in by_fold.values()]
         report[f"cv_{metric}"] = float(np.nanmean(values)) if np.isfinite(values).any() else NAN
-    report["cv_score"] = float(np.mean([report[f"cv_{m}"] for m in score_metrics]))
+    report["cv_score"] = score({m: report[f"cv_{m}"] for m in score_metrics}, score_metrics)
     for fold, metrics in by_fold.items():
-        report[f"{FOLD_SCORE}{fold}"] = float(
-            np.mean([getattr(metrics.val, m) for m in score_metrics])
-        )
+        report[f"{FOLD_SCORE}{fold}"] = score(vars(metrics.val), score_metrics)
     return report
 
 

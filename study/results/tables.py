@@ -19,6 +19,7 @@ from mtl import (
     TrainConfig,
     is_active,
     order_columns,
+    score,
 )
 from study.results.foldlog import FoldLogReader, confusion_cells
 from study.storage import filesystem_and_path
@@ -217,11 +218,11 @@ def fold_summary(epochs: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -
     of the score (`metrics`' mean), at the trial's last epoch (`cv_*`) and at its best epoch
     (`best_cv_*`, the epoch of the highest fold-mean score), and the best epoch."""
     val = epochs[epochs.split == "val"]
-    val = val.assign(score=val[list(metrics)].mean(axis=1))
+    val = val.assign(score=score(val, metrics))
     columns = ["score", *dict.fromkeys(m for m in CV_METRICS if m in val)]
     per_epoch = val.groupby(["trial_id", "epoch"])[columns]
     mean, std = per_epoch.mean(), per_epoch.std(ddof=1)
-    mean["score"] = mean[list(metrics)].mean(axis=1)  # the mean of the fold means, as reported
+    mean["score"] = score(mean, metrics)  # the mean of the fold means, as reported
     epochs_of = mean.reset_index()[["trial_id", "epoch"]]
     last = pd.MultiIndex.from_frame(epochs_of.groupby("trial_id", as_index=False).epoch.max())
     best = pd.MultiIndex.from_tuples(

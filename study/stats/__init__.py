@@ -59,7 +59,6 @@ STATS_COLUMNS = (
     "is_best",
     "missing_folds",
 )
-EXTRA_COLUMNS = ("verdict", "half_width")
 DEFAULT_ROPE = 0.01
 CONFIDENCE = 0.95
 # A posterior probability of at least this in one region decides (Benavoli et al. 2017).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from mtl import score, score_metrics_at
 from study.stats import KEY_COLUMNS, STUDY_METRICS
 
 LEVELS = {
@@ -36,7 +37,8 @@ def level_column(metric: str, level: str) -> str:
 
 
 def level_metrics(level: str) -> dict[str, str]:
-    """Column of epochs.parquet -> row title. The first three make a fold's score.
+    """Column of epochs.parquet -> row title. A fold's score is the mean of
+    `mtl.score_metrics_at(level)`.
 
     Votes label whole specimens or patients, not pixels: pixel accuracy and Dice exist at
     patch level only and are shown, so labelled, at every level.
@@ -77,7 +79,7 @@ def select_epochs(epochs: pd.DataFrame, level: str = "patch", epoch: str = "fina
         raise ValueError(f"unknown epoch {epoch!r}; expected one of {', '.join(EPOCH_CHOICES)}")
     val = epochs[epochs.split == "val"].sort_values(["trial_id", "fold", "epoch"])
     val = val.reset_index(drop=True).reindex(columns=list(dict.fromkeys([*val, *metrics])))
-    val["score"] = val[metrics[:3]].mean(axis=1, skipna=False)
+    val["score"] = score(val, score_metrics_at(level))
     if val.empty:
         return val
     chosen = EPOCH_KEYS[epoch](val).groupby([val.trial_id, val.fold]).idxmax()

@@ -1,6 +1,8 @@
 """Balancers against hand-derived numbers; GradNorm against a double-backward reference."""
 
 import copy
+import dataclasses
+import inspect
 import math
 
 import pytest
@@ -12,9 +14,10 @@ from mtl.balancing import (
     DynamicWeightAverage,
     GradNorm,
     UncertaintyWeights,
+    balancer_from_config,
     build_balancer,
 )
-from mtl.config import small, tiny
+from mtl.config import CHOICES, TrainConfig, is_active, small, tiny
 from mtl.losses import task_losses
 from mtl.model import MultiTaskUNet
 
@@ -77,7 +80,7 @@ def test_network_gradients_are_those_of_the_weighted_sum():
 
 def test_grad_norms_and_first_order_weight_gradient_match_the_paper():
     toy = Toy()
-    balancer = GradNorm([toy.shared.weight], alpha=0.7, lr=0.025)
+    balancer = GradNorm([toy.shared.weight], alpha=0.7, balancer_lr=0.025)
     optimizer = torch.optim.SGD(toy.parameters(), lr=0.01)
     _network_step(toy, balancer, optimizer)  # step 0 fixes L(0); then r_i != 1
     initial = balancer.initial_losses.clone()
@@ -216,7 +219,7 @@ def test_dwa_follows_the_loss_ratios_of_the_two_previous_epochs():
 
 def test_uncertainty_weights_are_exp_minus_log_variance():
     toy = Toy(scales=(10.0, 1.0, 0.001))
-    balancer = UncertaintyWeights([toy.shared.weight], lr=0.1)
+    balancer = UncertaintyWeights([toy.shared.weight], balancer_lr=0.1)
     optimizer = torch.optim.SGD(toy.parameters(), lr=0.0)
     losses = torch.stack(toy.losses()).detach()
     _network_step(toy, balancer, optimizer)
@@ -229,7 +232,7 @@ def test_uncertainty_weights_are_exp_minus_log_variance():
 def test_each_balancer_trains_the_tiny_model_and_round_trips(name):
     torch.manual_seed(0)
     model = MultiTaskUNet.from_config(tiny())
-    balancer = build_balancer(name, model.shared_parameters(), alpha=0.5, lr=0.05)
+    balancer = build_balancer(name, model.shared_parameters(), alpha=0.5, balancer_lr=0.05)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
     batch = {
@@ -252,7 +255,7 @@ def test_each_balancer_trains_the_tiny_model_and_round_trips(name):
     assert torch.isfinite(balancer.weights).all()
 
     state = copy.deepcopy(balancer.state_dict())
-    restored = build_balancer(name, model.shared_parameters(), alpha=0.5, lr=0.05)
+    restored = build_balancer(name, model.shared_parameters(), alpha=0.5, balancer_lr=0.05)
     restored.load_state_dict(state)
     torch.testing.assert_close(restored.weights, balancer.weights)
     if name == "gradnorm":
@@ -272,3 +275,46 @@ def test_each_balancer_trains_the_tiny_model_and_round_trips(name):
 def test_unknown_balancer_lists_the_choices():
     with pytest.raises(ValueError, match="equal, gradnorm, uncertainty, dwa"):
         build_balancer("pcgrad", [])
+
+
+def test_unknown_balancer_fields_are_refused():
+    with pytest.raises(TypeError, match="no balancer reads alhpa; they read alpha, balancer_lr"):
+        build_balancer("gradnorm", [nn.Parameter(torch.ones(2))], alhpa=0.5)
+
+
+def test_the_config_names_every_balancer_of_the_registry():
+    assert tuple(BALANCERS) == CHOICES["balancer"]
+
+
+@pytest.mark.parametrize("name", sorted(BALANCERS))
+def test_a_balancer_reads_exactly_the_config_fields_its_constructor_takes(name):
+    """`reads` is what build_balancer passes: each a TrainConfig field and a keyword of the
+    constructor, and no other TrainConfig field is a keyword of it."""
+    cls = BALANCERS[name]
+    keywords = set(inspect.signature(cls.__init__).parameters)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(cls.reads) <= fields
+    assert keywords & fields == set(cls.reads)
+
+
+def test_a_balancer_gets_the_configuration_values_it_reads():
+    shared = [nn.Parameter(torch.ones(2, 2))]
+    config = TrainConfig(balancer="gradnorm", alpha=0.7, balancer_lr=0.3)
+    gradnorm = balancer_from_config(config, shared)
+    assert gradnorm.alpha == 0.7 and gradnorm.optimizer.param_groups[0]["lr"] == 0.3
+    uncertainty = balancer_from_config(config.replace(balancer="uncertainty"), shared)
+    assert uncertainty.optimizer.param_groups[0]["lr"] == 0.3
+    # One call builds every balancer alike: a field a balancer does not read is ignored.
+    assert build_balancer("equal", shared, alpha=0.7, balancer_lr=0.3).weights.tolist() == [1.0] * 3
+
+
+def test_the_declared_fields_decide_what_is_active(monkeypatch):
+    assert is_active("alpha", "gradnorm") and not is_active("alpha", "uncertainty")
+    assert is_active("balancer_lr", "uncertainty") and not is_active("balancer_lr", "dwa")
+    assert is_active("lr", "equal")  # no balancer reads lr: it means something to every fold
+    assert not is_active("alpha", "no such balancer")
+    monkeypatch.setattr(DynamicWeightAverage, "reads", ("alpha",))
+    assert is_active("alpha", "dwa")
+    monkeypatch.setattr(GradNorm, "reads", ("balancer_lr",))
+    monkeypatch.setattr(DynamicWeightAverage, "reads", ())
+    assert is_active("alpha", "equal")  # read by none now

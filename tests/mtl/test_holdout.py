@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from mtl.config import tiny
 from mtl.data import fold_labels, holdout_patients, split_label
 from mtl.data.folds import patient_labels
-from mtl.evaluate import bootstrap, heldout_metrics, patient_sums
+from mtl.evaluate import bootstrap, confusion_columns, heldout_metrics, patient_sums
 from mtl.labels import INTENSITIES, PATTERNS
 from mtl.model import MultiTaskOutput
 from mtl.schema import METRIC_LEVELS
@@ -108,6 +108,8 @@ def test_held_out_metrics_of_a_constant_ensemble_by_hand(tiny_store):
     # Two models whose positive probabilities average to 0.55: positive.
     sums = patient_sums(config, [Constant(0.3), Constant(0.8)], tiny_store, rows, "cpu")
     assert list(sums.index) == sorted(held_out)
+    counts = {"patches", "images", "patients", "tp", "fp", "fn", "tn"}
+    assert set(sums.columns) == counts | set(sums_columns())
     metrics = heldout_metrics(sums).iloc[0]
 
     test = index.iloc[rows]
@@ -134,26 +136,35 @@ def test_held_out_metrics_of_a_constant_ensemble_by_hand(tiny_store):
 
 
 def test_resampling_weights_and_the_bootstrap_interval():
-    # Two patients, hand-made: A has 2 patches (both pattern-correct), B 1 (wrong).
+    # Two patients, hand-made: A has 2 homogeneous patches (both right), B 1 speckled patch
+    # (called homogeneous); intensity right for 1 of A's and for B's.
     columns = {c: [0, 0] for c in sums_columns()}
     columns.update(
-        patches=[2, 1], pattern_correct=[2, 0], intensity_correct=[1, 1],
-        tp=[10, 0], fp=[0, 5], fn=[0, 5], tn=[10, 10],
-        images=[1, 1], image_pattern_correct=[1, 0], image_intensity_correct=[1, 1],
-        patients=[1, 1], patient_pattern_correct=[1, 0], patient_intensity_correct=[1, 0],
+        patches=[2, 1], tp=[10, 0], fp=[0, 5], fn=[0, 5], tn=[10, 10],
+        patch_pattern_0_0=[2, 0], patch_pattern_1_0=[0, 1],
+        patch_intensity_1_1=[1, 0], patch_intensity_1_0=[1, 0], patch_intensity_0_0=[0, 1],
+        images=[1, 1], image_pattern_0_0=[1, 0], image_pattern_1_0=[0, 1],
+        image_intensity_1_1=[1, 0], image_intensity_0_0=[0, 1],
+        patients=[1, 1], patient_pattern_0_0=[1, 0], patient_pattern_1_0=[0, 1],
+        patient_intensity_1_1=[1, 0], patient_intensity_0_1=[0, 1],
     )  # fmt: skip
     sums = pd.DataFrame(columns, index=[1, 2])
     both = heldout_metrics(sums).iloc[0]
     assert both.pattern_acc == pytest.approx(2 / 3)  # patches, not patients, are averaged
+    assert both.pattern_mca == pytest.approx((1 + 0) / 2)
+    assert both.intensity_acc == pytest.approx(2 / 3)
     assert both.pixel_acc == pytest.approx(30 / 40)
     assert both.dice == pytest.approx(20 / 30)
+    assert both.image_intensity_acc == 1.0
     assert both.patient_intensity_acc == pytest.approx(0.5)
+    assert both.score == pytest.approx((30 / 40 + 2 / 3 + 2 / 3) / 3)
     # A resample that draws A twice and B never is A alone.
     twice_a = heldout_metrics(sums, np.array([[2, 0]])).iloc[0]
     assert twice_a.pattern_acc == 1.0 and twice_a.pixel_acc == 1.0
+    assert twice_a.pattern_mca == 1.0  # speckled is absent from this resample: not counted
     table = bootstrap(sums, resamples=500, seed=0).set_index("metric")
     assert list(table.index) == list(METRIC_LEVELS)
-    finite = table[table.value.notna()]  # the hand table has no confusion cells: mca NaN
+    finite = table[table.value.notna()]
     assert (finite.ci_low <= finite.value + 1e-12).all()
     assert (finite.value <= finite.ci_high + 1e-12).all()
     # With two patients a resample is A only, B only or both: the interval spans them.
@@ -161,8 +172,9 @@ def test_resampling_weights_and_the_bootstrap_interval():
 
 
 def sums_columns() -> list[str]:
-    k = len(PATTERNS)
-    cells = [
-        f"{p}_{t}_{q}" for p in ("cm", "image_cm", "patient_cm") for t in range(k) for q in range(k)
+    return [
+        column
+        for level in ("patch", "image", "patient")
+        for task, classes in (("pattern", len(PATTERNS)), ("intensity", len(INTENSITIES)))
+        for column in confusion_columns(level, task, classes)
     ]
-    return cells

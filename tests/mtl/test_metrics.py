@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtl.labels import PATTERNS
-from mtl.metrics import RunningSums, majority_votes, mean_class_accuracy
+from mtl.metrics import RunningSums, majority_votes, voted_labels
 from mtl.model import MultiTaskOutput
 
 
@@ -56,6 +56,20 @@ def test_pixel_accuracy_and_dice_disagree_on_an_all_background_patch():
     assert r.dice == 0.0 and r.iou == 0.0  # no cell found
 
 
+def test_undefined_metrics_of_a_split_are_nan():
+    nothing = RunningSums(torch.device("cpu")).result().flat()
+    counted = ("patches", "loss", "loss_seg", "loss_pattern", "loss_intensity")
+    assert nothing["patches"] == 0
+    assert all(math.isnan(value) for key, value in nothing.items() if key not in counted)
+    # Patches without a cell, none predicted: pixel accuracy 1, Dice and IoU undefined.
+    sums = RunningSums(torch.device("cpu"))
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+    empty = _output(torch.full((1, 1, 4, 4), -3.0), [0], [0.0])
+    sums.update(empty, _batch(mask, [0], [0.0]), torch.zeros(3).unbind())
+    r = sums.result()
+    assert r.pixel_acc == 1.0 and math.isnan(r.dice) and math.isnan(r.iou)
+
+
 def test_a_fold_without_golgi_keeps_the_seven_by_seven_matrix():
     sums = RunningSums(torch.device("cpu"))
     mask = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
@@ -71,13 +85,6 @@ def test_a_fold_without_golgi_keeps_the_seven_by_seven_matrix():
     cells = {(c["level"], c["task"], c["true"], c["predicted"]): c["count"] for c in r.confusions()}
     assert cells["patch", "pattern", "speckled", "golgi"] == 1
     assert sum(count for key, count in cells.items() if key[:2] == ("patch", "pattern")) == 3
-
-
-def test_mean_class_accuracy_ignores_class_frequency():
-    # 98 of 100 patches of class 0 right, 0 of 2 of class 1: accuracy 0.98, MCA 0.5.
-    cm = np.zeros((7, 7), int)
-    cm[0, 0], cm[1, 0] = 98, 2
-    assert mean_class_accuracy(cm) == pytest.approx(0.5)
 
 
 def test_majority_votes_per_image_and_patient():
@@ -108,6 +115,26 @@ def test_majority_votes_per_image_and_patient():
     assert votes["patient_intensity_acc"] == pytest.approx(
         1.0
     )  # patient 1: 3:3, positive by 3.05 to 2.95
+
+
+def test_voted_labels_give_one_row_per_group_sorted():
+    index = pd.DataFrame(
+        {"patient": [2, 2, 1], "specimen": [0, 1, 0], "pattern": ["golgi", "golgi", "numem"],
+         "intensity": ["positive", "positive", "intermediate"]}
+    )  # fmt: skip
+    probs = np.full((3, 7), 0.01)
+    probs[[0, 1, 2], [4, 4, 0]] = 0.9
+    images = voted_labels(index, probs, np.array([0.9, 0.2, 0.1]), "image")
+    assert list(images.index) == ["1/0", "2/0", "2/1"]
+    assert images.patient.tolist() == [1, 2, 2]
+    assert images.pattern.tolist() == [PATTERNS.index("numem"), 4, 4]
+    assert images.predicted_pattern.tolist() == [0, 4, 4]
+    assert images.intensity.tolist() == [0, 1, 1]
+    assert images.predicted_intensity.tolist() == [0, 1, 0]
+    patients = voted_labels(index, probs, np.array([0.9, 0.2, 0.1]), "patient")
+    assert list(patients.index) == [1, 2] and patients.predicted_pattern.tolist() == [0, 4]
+    with pytest.raises(ValueError, match="image, patient"):
+        voted_labels(index, probs, np.zeros(3), "specimen")
 
 
 def test_patient_votes_keep_a_confusion_matrix():

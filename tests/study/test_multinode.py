@@ -15,7 +15,7 @@ from study.storage import filesystem_and_path
 
 pytestmark = pytest.mark.slow  # a Ray cluster of several nodes
 
-EPOCHS = 4
+TRIAL_EPOCHS = 4
 
 
 def checkpoint_written(experiment: str, name: str) -> bool:
@@ -44,7 +44,7 @@ def test_folds_spread_over_nodes_and_survive_a_lost_node(local_cluster, tmp_path
         time.sleep(0.2)
     study = StudyConfig(
         name="multinode",
-        train=smoke().train.replace(epochs=EPOCHS),
+        train=smoke().train.replace(epochs=TRIAL_EPOCHS),
         configurations=({"seg_loss": "dice"},),
         synthetic=smoke().synthetic,
         gpus_per_fold=0,
@@ -79,12 +79,12 @@ def test_folds_spread_over_nodes_and_survive_a_lost_node(local_cluster, tmp_path
     assert "node" in lost
     assert (tmp_path / "multinode" / "tune").exists() == (bucket is None)
     assert len(trials) == 1 and trials.status.iloc[0] == "completed"
-    assert trials.epochs_run.iloc[0] == EPOCHS
-    assert len(epochs) == 5 * EPOCHS * 2
+    assert trials.epochs_run.iloc[0] == TRIAL_EPOCHS
+    assert len(epochs) == 5 * TRIAL_EPOCHS * 2
     assert not epochs.duplicated(["trial_id", "fold", "epoch", "split"]).any()
     first = epochs[epochs.epoch == 1]
     assert first.node_id.nunique() == 2  # the folds ran on both worker nodes
-    last = epochs[epochs.epoch == EPOCHS]
+    last = epochs[epochs.epoch == TRIAL_EPOCHS]
     assert set(last.node_id) == {workers[0].node_id}  # resumed on the survivor
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert lost["node"] not in alive

@@ -20,13 +20,14 @@ from study.spec.presets import smoke
 
 pytestmark = pytest.mark.slow  # whole studies, killed and resumed
 
-EPOCHS = 2  # a checkpoint to resume from, and an epoch after it
+TRIAL_EPOCHS = 2  # a checkpoint to resume from, and an epoch after it
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
 
 
 def _study(results: Path, name: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "study.run", "--preset", "smoke", "--results", str(results),
-               "--name", name, "--cpus", "2", "--set", f"epochs={EPOCHS}", *extra]  # fmt: skip
+    command = [sys.executable, "-m", "study.run", "--preset", "smoke", "--results",
+               str(results), "--name", name, "--cpus", "2", "--set", f"epochs={TRIAL_EPOCHS}",
+               *extra]  # fmt: skip
     return subprocess.Popen(
         command,
         env={**os.environ, **(env or {})},
@@ -45,8 +46,8 @@ def _assert_complete(folder: Path) -> pd.DataFrame:
     trials = pd.read_parquet(folder / "trials.parquet")
     epochs = pd.read_parquet(folder / "epochs.parquet")
     assert len(trials) == 2 and trials.trial_id.is_unique
-    assert (trials.status == "completed").all() and (trials.epochs_run == EPOCHS).all()
-    assert len(epochs) == 2 * 5 * EPOCHS * 2  # trials x folds x epochs x splits
+    assert (trials.status == "completed").all() and (trials.epochs_run == TRIAL_EPOCHS).all()
+    assert len(epochs) == 2 * 5 * TRIAL_EPOCHS * 2  # trials x folds x epochs x splits
     assert not epochs.duplicated(["trial_id", "fold", "epoch", "split"]).any()
     return epochs
 
@@ -86,11 +87,11 @@ class CrashingTrainer(FoldTrainer):
 def test_a_crashed_fold_worker_is_retried_from_its_checkpoint(ray_local, tmp_path):
     CrashingTrainer.marker = tmp_path / "crashed"
     study = smoke()
-    study = dataclasses.replace(study, name="crash", train=study.train.replace(epochs=EPOCHS))
+    study = dataclasses.replace(study, name="crash", train=study.train.replace(epochs=TRIAL_EPOCHS))
     run_study(StudyRequest(study, tmp_path, trainer=CrashingTrainer))
     assert CrashingTrainer.marker.exists()  # the crash happened
     epochs = _assert_complete(tmp_path / "crash")
-    assert epochs.groupby("trial_id").size().tolist() == [5 * EPOCHS * 2] * 2
+    assert epochs.groupby("trial_id").size().tolist() == [5 * TRIAL_EPOCHS * 2] * 2
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -34,7 +34,7 @@ from study.stats.selection import select_epochs
 
 FOLDS = "ABCDE"
 TRIAL_EPOCHS = (1, 2, 3)
-CONFUSION_LABELS = (
+CONFUSION_MATRICES = (
     ("patch", "pattern", PATTERNS),
     ("patch", "intensity", INTENSITIES),
     ("patient", "pattern", PATTERNS),
@@ -95,7 +95,7 @@ def hand_confusions(epochs: pd.DataFrame) -> pd.DataFrame:
         {"trial_id": r.trial_id, "fold": r.fold, "epoch": r.epoch, "split": r.split,
          "level": level, "task": task, "true": t, "predicted": p, "count": 2 if t == p else 1}
         for r in epochs.itertuples()
-        for level, task, labels in CONFUSION_LABELS
+        for level, task, labels in CONFUSION_MATRICES
         if not (level == "patient" and r.split == "train")
         for t in labels
         for p in labels

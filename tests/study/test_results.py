@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtl import SCHEMA_VERSION, EpochMetrics, SplitMetrics, TrainConfig, tiny, write_parquet
-from study.results.files import load, write_tables
+from study.results.files import FINISHED, load, write_tables
 from study.results.foldlog import FoldLogReader, epoch_report, fold_log_entry, write_fold_log
 from study.results.tables import TrialRecord, fold_summary, study_tables
 
@@ -139,7 +139,7 @@ def test_load_refuses_a_newer_schema_version(tmp_path):
     write_tables(
         tmp_path / "s", study_tables([], TrainConfig(data="x")), "s"
     )  # empty tables of a study without trials
-    path = tmp_path / "s" / "trials.parquet"
+    path = tmp_path / "s" / "trials.parquet" / FINISHED
     table = pq.read_table(path)
     newer = {**table.schema.metadata, b"schema_version": str(SCHEMA_VERSION + 1).encode()}
     pq.write_table(table.replace_schema_metadata(newer), path)
