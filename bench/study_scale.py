@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     ):
         result[f"first_tenth_{name}"] = round(per_trial(first, part), 4)
         result[f"last_tenth_{name}"] = round(per_trial(last, part), 4)
-    result["ratio"] = round(result["last_tenth_s_per_trial"] / result["first_tenth_s_per_trial"], 3)
+    first_s, last_s = result["first_tenth_s_per_trial"], result["last_tenth_s_per_trial"]
+    result["ratio"] = round(last_s / first_s, 3) if first_s else float("nan")
     print(
         f"{args.trials} trials ({result['completed']} completed), {len(study.folds)} folds x "
         f"{args.epochs} epochs, {args.cpus} CPUs, {total:.0f} s in all. Seconds per trial, "

@@ -63,15 +63,15 @@ _PUBLIC = {
     "StoreWriter": "mtl.data.store",
     "choose_patients": "mtl.data.synthetic",
     # the trainer contract and the one epoch loop
-    "Trainer": "mtl.trainer",
+    "Trainer": "mtl.loop",
     "FoldTrainer": "mtl.trainer",
     "open_trainer": "mtl.trainer",
-    "train_epochs": "mtl.trainer",
-    "checkpoint_due": "mtl.trainer",
-    "checkpoint_name": "mtl.trainer",
-    "read_checkpoint": "mtl.trainer",
-    "checkpoint_bytes": "mtl.trainer",
-    "write_checkpoint": "mtl.trainer",
+    "train_epochs": "mtl.loop",
+    "checkpoint_due": "mtl.loop",
+    "checkpoint_name": "mtl.loop",
+    "read_checkpoint": "mtl.loop",
+    "checkpoint_bytes": "mtl.loop",
+    "write_checkpoint": "mtl.loop",
     "split_rows": "mtl.trainer",
     "heldout_rows": "mtl.trainer",
     "resolve_device": "mtl.trainer",
@@ -138,6 +138,15 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
     from mtl.data.synthetic import choose_patients
     from mtl.evaluate import bootstrap, load_models, patient_sums
     from mtl.labels import INTENSITIES, PATTERNS
+    from mtl.loop import (
+        Trainer,
+        checkpoint_bytes,
+        checkpoint_due,
+        checkpoint_name,
+        read_checkpoint,
+        train_epochs,
+        write_checkpoint,
+    )
     from mtl.losses import task_losses
     from mtl.memory import measure_step_memory, state_bytes
     from mtl.metrics import RunningSums
@@ -168,15 +177,8 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
     from mtl.trainer import (
         EPOCH_DEPENDENT_SCHEDULES,
         FoldTrainer,
-        Trainer,
-        checkpoint_bytes,
-        checkpoint_due,
-        checkpoint_name,
         heldout_rows,
         open_trainer,
-        read_checkpoint,
         resolve_device,
         split_rows,
-        train_epochs,
-        write_checkpoint,
     )

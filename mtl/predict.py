@@ -31,8 +31,9 @@ from mtl.config import TrainConfig, add_version_option
 from mtl.data import PatchGrid
 from mtl.data.importers import read_grey
 from mtl.labels import INTENSITIES, PATTERNS
+from mtl.loop import checkpoint_name, read_checkpoint
 from mtl.model import MultiTaskUNet
-from mtl.trainer import checkpoint_name, read_checkpoint, resolve_device
+from mtl.trainer import resolve_device
 
 MODEL_FORMAT = 1
 SPECIMEN_NAME = re.compile(r"(\d+)_p(\d+)")

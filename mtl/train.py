@@ -1,7 +1,7 @@
 """Train one fold on its own: `train_fold(config, fold)` in Python, `python -m mtl.train` on
 the command line (a progress bar, a line per epoch, checkpoints and epochs.parquet).
 
-Both go through `mtl.trainer.train_epochs`, the loop the study's fold workers use too.
+Both go through `mtl.loop.train_epochs`, the loop the study's fold workers use too.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ from mtl.config import (
     add_version_option,
     parse_overrides,
 )
+from mtl.loop import checkpoint_due, checkpoint_name, train_epochs
 from mtl.schema import EpochMetrics
 from mtl.tables import confusion_frame, epoch_frame, write_parquet
-from mtl.trainer import checkpoint_due, checkpoint_name, open_trainer, train_epochs
+from mtl.trainer import open_trainer
 
 console = Console()
 

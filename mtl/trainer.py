@@ -1,11 +1,11 @@
-"""The trainer contract and the one epoch loop: what everything above `mtl` trains a fold with.
+"""mtl's trainer of one fold (`FoldTrainer`), which keeps the contract of mtl/loop.py.
 
-The contract (`Trainer`): a trainer is opened from a configuration and a fold (`FoldTrainer(
-config, fold)`, or `open_trainer(config, fold, checkpoint)` to continue a checkpoint), runs
-one epoch at a time (`run_epoch() -> EpochMetrics`), and saves and restores its whole state
-(`state_dict()`, `load_state_dict()`). `train_epochs` is the one loop over epochs, with
-checkpoints and a per-epoch callback: `python -m mtl.train`, the study's fold workers and the
-benches all train through it. Test doubles implement the same five members.
+A trainer is opened from a configuration and a fold (`FoldTrainer(config, fold)`, or
+`open_trainer(config, fold, checkpoint)` to continue a checkpoint), runs one epoch at a time
+(`run_epoch() -> EpochMetrics`), and saves and restores its whole state (`state_dict()`,
+`load_state_dict()`). `mtl.loop.train_epochs` is the one loop over epochs, with checkpoints
+and a per-epoch callback: `python -m mtl.train`, the study's fold workers and the benches all
+train through it. Test doubles implement the same five members.
 
 `FoldTrainer` holds the fold's whole state (model, the network's optimizer, the balancer
 with its own optimizer and L(0), the RNG state, the epoch); its checkpoint is read back with
@@ -16,13 +16,11 @@ uninterrupted run does.
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -38,6 +36,7 @@ from mtl.data import (
     make_loader,
     open_store,
 )
+from mtl.loop import read_checkpoint, write_checkpoint
 from mtl.losses import task_losses
 from mtl.metrics import RunningSums, majority_votes
 from mtl.model import MultiTaskUNet
@@ -134,19 +133,6 @@ class Waited:
             if batch is None:
                 return
             yield batch
-
-
-class Trainer(Protocol):
-    """What `study`, the CLI and the benches need of a fold's trainer (see the module doc)."""
-
-    epoch: int  # epochs completed
-    device: torch.device | str  # where it trains (a fold's rows name the device)
-
-    def run_epoch(self, progress: Callable[[int], None] | None = None) -> EpochMetrics: ...
-
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state: dict) -> None: ...
 
 
 class FoldTrainer:
@@ -323,46 +309,6 @@ class FoldTrainer:
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda")
 
 
-def checkpoint_name(fold: str) -> str:
-    """The file a fold's checkpoint is kept in, in any folder (a run's, a Tune checkpoint's)."""
-    return f"fold-{fold}.pt"
-
-
-def write_checkpoint(state: dict, path: str | os.PathLike) -> Path:
-    """torch.save to `path` atomically: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def checkpoint_bytes(state: dict) -> bytes:
-    """A fold's state as the bytes of a checkpoint file (to send from a worker on another
-    node)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
-
-
-def read_checkpoint(source: str | os.PathLike | bytes) -> dict:
-    """A fold's state from a checkpoint file or its bytes, on the CPU: RNG states stay CPU
-    tensors, and the trainer moves the rest to its device.
-
-    weights_only: a checkpoint holds tensors and plain containers, never pickled code.
-    """
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
-    return torch.load(source, map_location="cpu", weights_only=True)
-
-
-def checkpoint_due(config: TrainConfig, epoch: int) -> bool:
-    """Whether a fold (or a trial) checkpoints after `epoch`: every `checkpoint_every`
-    epochs and after the last one."""
-    return epoch % config.checkpoint_every == 0 or epoch == config.epochs
-
-
 def open_trainer(
     config: TrainConfig, fold: str, checkpoint: str | os.PathLike | None = None
 ) -> FoldTrainer:
@@ -371,27 +317,3 @@ def open_trainer(
     if checkpoint is not None:
         trainer.load(checkpoint)
     return trainer
-
-
-def train_epochs(
-    trainer: Trainer,
-    epochs: int,
-    *,
-    save: Callable[[], object] | None = None,
-    due: Callable[[int], bool] = lambda epoch: True,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> Iterator[EpochMetrics]:
-    """The one loop over a fold's epochs: from the trainer's epoch to `epochs`, train one
-    epoch, `save()` when `due(epoch)`, call `on_epoch(metrics)`, and yield the metrics.
-
-    A generator, so that callers step it as they need: the CLI runs it to the end, a
-    study's fold worker one epoch per lockstep round. `progress(n)` after every batch.
-    """
-    while trainer.epoch < epochs:
-        metrics = trainer.run_epoch(progress)
-        if save is not None and due(metrics.epoch):
-            save()
-        if on_epoch is not None:
-            on_epoch(metrics)
-        yield metrics

@@ -16,10 +16,10 @@ import os
 import socket
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import ray
-import segmentation_models_pytorch as smp
 import torch
 from ray import tune
 from ray.util.placement_group import get_current_placement_group
@@ -27,7 +27,6 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from mtl import (
     EpochMetrics,
-    FoldTrainer,
     TrainConfig,
     Trainer,
     checkpoint_bytes,
@@ -44,7 +43,12 @@ from study.results.tables import train_overrides
 from study.storage import fetch_store, store_cache
 
 logger = logging.getLogger(__name__)
-VERSIONS = {"torch": torch.__version__, "segmentation_models_pytorch": smp.__version__}
+# Read from the installed packages: importing segmentation-models-pytorch costs seconds, in
+# every trial process, and a scripted trainer (the tests') needs none of it.
+VERSIONS = {
+    "torch": torch.__version__,
+    "segmentation_models_pytorch": metadata.version("segmentation_models_pytorch"),
+}
 
 
 def allotted_device(device: str) -> str:
@@ -83,7 +87,7 @@ class TrialSetup:
     # The driver's code version (commit, dirty), recorded instead of what a node's copy says
     # (which may differ, or lack .git).
     code: tuple[str, bool | None] | None = None
-    trainer: type = FoldTrainer  # mtl's Trainer contract; tests give scripted ones
+    trainer: type | None = None  # mtl's Trainer contract (None: FoldTrainer); tests script one
 
 
 class FoldWorker:
@@ -115,8 +119,8 @@ class FoldWorker:
             fold_seed=config.fold_seed + repeat,
             device=allotted_device(config.device),
         )
-        self.trainer_class, self.offload = setup.trainer, setup.offload
-        self.trainer: Trainer | None = setup.trainer(self.config, self.letter)
+        self.trainer_class, self.offload = setup.trainer or fold_trainer(), setup.offload
+        self.trainer: Trainer | None = self.trainer_class(self.config, self.letter)
         self.parked: bytes | None = None  # the offloaded state, between epochs
         self.device_name = _device_name(self.trainer)
 
@@ -160,6 +164,13 @@ class FoldWorker:
             self.parked = state
         else:
             self.trainer.load_state_dict(read_checkpoint(state))
+
+
+def fold_trainer() -> type:
+    """mtl's FoldTrainer, imported when a fold first needs it (it loads the model library)."""
+    from mtl import FoldTrainer
+
+    return FoldTrainer
 
 
 def _device_name(trainer: Trainer) -> str:

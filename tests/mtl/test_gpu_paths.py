@@ -12,10 +12,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtl.balancing import BALANCERS, build_balancer
 from mtl.config import tiny
+from mtl.loop import read_checkpoint
 from mtl.losses import task_losses
 from mtl.metrics import RunningSums
 from mtl.model import MultiTaskUNet
-from mtl.trainer import FoldTrainer, read_checkpoint
+from mtl.trainer import FoldTrainer
 
 # Operators that make the host wait for the device: reading a value (item, bool, an `if` on a
 # tensor) or sizing an output from the data.
