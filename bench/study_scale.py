@@ -25,41 +25,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mtl import EpochMetrics, SplitMetrics
+from mtl import ScriptedTrainer
 from study.driver.prepare import StudyRequest
 from study.driver.tuner import run_study
 from study.spec.presets import StudyConfig, smoke
 
-CONFUSION = tuple(tuple(0 for _ in range(7)) for _ in range(7))
 
+class LearningRateTrainer(ScriptedTrainer):
+    """Every metric a number of the configuration's learning rate and the epoch. Defined in
+    the script, so Ray ships it to the trials by value."""
 
-class ScriptedTrainer:
-    """mtl's Trainer contract with no model: every metric is a number of the configuration
-    and the epoch. Defined in the script, so Ray ships it to the trials by value."""
-
-    device = "cpu"
-
-    def __init__(self, config, fold):
-        self.config, self.fold, self.epoch = config, fold, 0
-
-    def run_epoch(self, progress=None) -> EpochMetrics:
-        self.epoch += 1
-        s = min(1.0, 10 * self.config.lr + 0.01 * self.epoch)
-        split = SplitMetrics(
-            patches=1, loss=1 - s, loss_seg=0.0, loss_pattern=0.0, loss_intensity=0.0,
-            pixel_acc=s, dice=s, iou=s, pattern_acc=s, pattern_mca=s, intensity_acc=s,
-            pattern_confusion=CONFUSION, intensity_confusion=((0, 0), (0, 0)),
-        )  # fmt: skip
-        return EpochMetrics(epoch=self.epoch, train=split, val=split, weights=(1.0, 1.0, 1.0),
-                            seconds=0.0)  # fmt: skip
-
-    def state_dict(self) -> dict:
-        return {"epoch": torch.tensor(self.epoch)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
+    def score(self) -> float:
+        return min(1.0, 10 * self.config.lr + 0.01 * self.epoch)
 
 
 def scale_study(trials: int, epochs: int) -> StudyConfig:
@@ -133,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     study = scale_study(args.trials, args.epochs)
     instrument()
     with tempfile.TemporaryDirectory() as tmp:
-        request = StudyRequest(study, Path(tmp), cpus=args.cpus, trainer=ScriptedTrainer)
+        request = StudyRequest(study, Path(tmp), cpus=args.cpus, trainer=LearningRateTrainer)
         started = time.monotonic()
         _, trials = run_study(request)
         total = time.monotonic() - started

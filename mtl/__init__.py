@@ -67,6 +67,8 @@ _PUBLIC = {
     "FoldTrainer": "mtl.trainer",
     "open_trainer": "mtl.trainer",
     "train_epochs": "mtl.loop",
+    "ScriptedTrainer": "mtl.scripted",
+    "uniform_epoch": "mtl.scripted",
     "checkpoint_due": "mtl.loop",
     "checkpoint_name": "mtl.loop",
     "read_checkpoint": "mtl.loop",
@@ -163,6 +165,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
         score,
         score_metrics_at,
     )
+    from mtl.scripted import ScriptedTrainer, uniform_epoch
     from mtl.tables import (
         SCHEMA_VERSION,
         SCHEMAS,
