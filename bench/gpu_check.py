@@ -142,7 +142,17 @@ def throughput(cpu: bool, out: Path) -> dict:
     if cpu:
         args += ["--encoder", "tu-mobilenetv3_small_050", "--size", "64", "--batches", "4",
                  "--steps", "1", "--warmup", "1", "--workers", "1", "2",
-                 "--duration", "1"]  # fmt: skip
+                 "--duration", "0.5"]  # fmt: skip
+        # In this process, whose torch and model library are loaded already: on a GPU the
+        # measurement gets a process of its own.
+        sys.path.insert(0, str(ROOT / "bench"))
+        import gpu_throughput
+
+        try:
+            gpu_throughput.main(args)
+        except Exception as error:
+            return {"error": repr(error)}
+        return json.loads((out / "throughput.json").read_text())
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), *args],
                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     print(done.stdout[-6000:])
@@ -151,16 +161,17 @@ def throughput(cpu: bool, out: Path) -> dict:
     return json.loads((out / "throughput.json").read_text())
 
 
-def throughput_store(out: Path, size: int, patients: int, specimens: int):
+def throughput_store(out: Path, size: int, patients: int, specimens: int, sources: int = 2):
     """A store of the real set's layout (patients of the real fold table, its classes) whose
-    patches are copies of a few synthetic ones: throughput does not depend on the pixels,
-    and rendering thousands of 384 px patches would take longer than the check."""
+    patches are copies of a few synthetic ones (`sources` patients' worth per specimen):
+    throughput does not depend on the pixels, and rendering thousands of 384 px patches would
+    take longer than the check."""
     from mtl import INDEX_COLUMNS, StoreWriter, choose_patients, open_store
 
     if (out / "store.json").exists():
         return open_store(out)
     source = build_synthetic_store(
-        out.with_name(out.name + "-source"), SynthSpec(patients=2, size=size, specimens=1),
+        out.with_name(out.name + "-source"), SynthSpec(patients=sources, size=size, specimens=1),
         force=True,
     )  # fmt: skip
     per_specimen = len(source.index)  # both source patients' patches, reused per specimen
@@ -233,10 +244,10 @@ class SharedFolds:
     """The five folds in one process, each epoch one fold after the other (the placement of
     a GPU that cannot hold a worker per fold); run_epoch returns every fold's result."""
 
-    def __init__(self, config, threads, store_hash, offload):
+    def __init__(self, config, setup):
         from study.driver.trial import Folds
 
-        self.folds = Folds(config, tuple("ABCDE"), None, threads, store_hash, FoldTrainer, offload)
+        self.folds = Folds(config, setup)
 
     def run_epoch(self):
         return self.folds.call("run_epoch")
@@ -248,10 +259,12 @@ def paper_epoch(cpu: bool, out: Path, patients: int, memory: dict) -> dict:
     import ray
 
     from study.driver.placement import cluster_nodes, plan_placement
-    from study.driver.trial import FoldWorker
+    from study.driver.trial import FoldWorker, TrialSetup
 
-    size = 64 if cpu else 384
-    store = throughput_store(out / f"store-{size}px-{patients}p", size, patients, specimens=4)
+    # On a CPU the smallest store that gives every fold a patient: 15 patches per patient.
+    size, specimens, sources = (64, 1, 1) if cpu else (384, 4, 2)
+    store = throughput_store(out / f"store-{size}px-{patients}p", size, patients, specimens,
+                             sources)  # fmt: skip
     base = tiny() if cpu else original()
     config = base.replace(data=str(store.path), epochs=1, device="auto", folds="stratified",
                           num_workers=0 if cpu else 2)  # fmt: skip
@@ -267,17 +280,19 @@ def paper_epoch(cpu: bool, out: Path, patients: int, memory: dict) -> dict:
             resident_gib=mine[0]["resident_gib"] if mine else None,
             memory_source="measured above" if mine else "",
         )  # fmt: skip
+        setup = TrialSetup(
+            base=config, folds=tuple("ABCDE"), score_metrics=(), store_hash=store.content_hash,
+            fold_log="", threads=plan.threads, offload=plan.offload, trainer=FoldTrainer,
+        )  # fmt: skip
         if plan.gpus_per_trial:
             # The GPU cannot hold a worker per fold: the five share one process, in turn.
             remote = ray.remote(num_cpus=plan.cpus_per_trial, num_gpus=1)(SharedFolds)
-            workers = [remote.remote(config, plan.threads, store.content_hash, plan.offload)]
+            workers = [remote.remote(config, setup)]
         else:
             remote = ray.remote(num_cpus=plan.cpus_per_fold, num_gpus=plan.gpus_per_fold)(
                 FoldWorker
             )
-            workers = [
-                remote.remote(config, fold, plan.threads, store.content_hash) for fold in "ABCDE"
-            ]
+            workers = [remote.remote(config, fold, setup) for fold in setup.folds]
         ray.get([w.__ray_ready__.remote() for w in workers])  # models built, before the clock
         sampler = NvmlSampler()
         sampler.start()

@@ -148,7 +148,9 @@ def shared_gpu(
 ) -> tuple[float, float | None]:
     """Aggregate patches/s of `workers` processes training at once on one device, and the
     largest peak memory (GiB) of one of them."""
-    context = multiprocessing.get_context("spawn")
+    # CUDA needs fresh processes; on a CPU forked ones skip importing torch and the model
+    # library again (seconds each), and train the same.
+    context = multiprocessing.get_context("spawn" if device.type == "cuda" else "fork")
     start, queue = context.Barrier(workers), context.Queue()
     processes = [
         context.Process(

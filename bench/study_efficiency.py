@@ -1,14 +1,15 @@
 """How much training a search needs to find what the full grid finds.
 
     python bench/study_efficiency.py --json eff.json        # about 30 minutes on 2 CPU cores
-    python bench/study_efficiency.py --patients 10 --epochs 2 --alphas 0.1 \\
+    python bench/study_efficiency.py --patients 10 --epochs 2 --alphas 0.1 --folds 2 \\
         --encoder tu-mobilenetv3_small_050 --samples 4 --seeds 1     # CI-sized
 
 1. The grid: every configuration of a discrete conditional space (segmentation loss x
    {equal, GradNorm x alpha}; alpha exists only for GradNorm, as in a study's search) is
    trained for real, on synthetic data with a small model, for the largest epoch budget, on
-   all five folds. The learning rate is constant, so epoch k of that run is what a k-epoch
-   run of the same configuration gives (same seed, same data order). The full grid over
+   every fold (five unless --folds says otherwise). The learning rate is constant, so epoch k
+   of that run is what a k-epoch run of the same configuration gives (same seed, same data
+   order). The full grid over
    (configuration, epochs in {min..max by step}) therefore costs sum(epochs) per
    configuration, and its best cross-validated score is known.
 2. Searches on the same space (epochs searched too), run through Ray Tune with a trainer that
@@ -21,7 +22,7 @@
    search spent.
 4. Why ASHA does or does not pay: how well the score at the first rung ranks the
    configurations' final scores (Spearman), and how the differences between configurations
-   compare with the noise of a 5-fold score (the best configuration's fold spread).
+   compare with the noise of a cross-validated score (the best configuration's fold spread).
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=6, help="largest epoch budget")
     parser.add_argument("--min-epochs", type=int, default=2, help="and ASHA's grace period")
     parser.add_argument("--step", type=int, default=2)
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.05, 0.3, 1.5])
     parser.add_argument("--samples", type=int, default=12, help="trials per search")
     parser.add_argument("--seeds", type=int, default=4, help="sampler seeds per search")
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     base = smoke()
     train = base.train.replace(epochs=args.epochs, encoder=args.encoder, lr=5e-4,
-                               lr_schedule="constant")  # fmt: skip
+                               lr_schedule="constant", num_folds=args.folds)  # fmt: skip
     losses, alphas = ("dice", "bce"), tuple(args.alphas)
     configurations = grid(seg_loss=losses, balancer=("equal",)) + grid(
         seg_loss=losses, balancer=("gradnorm",), alpha=alphas
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 synthetic=synthetic, keep_checkpoints=1)  # fmt: skip
             study = prepare_data(study, results)
             console.print(f"training the grid: {len(configurations)} configurations x "
-                          f"{args.epochs} epochs x 5 folds")  # fmt: skip
+                          f"{args.epochs} epochs x {args.folds} folds")  # fmt: skip
             grid_epochs, grid_trials = run_study(StudyRequest(study, results))
 
             val = grid_epochs[grid_epochs.split == "val"].merge(
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "rung_rank_correlation": spearman(at_budget[min_epochs], final_best),
                 "best_fold_std": float(per_fold.loc[(best_trial, best_epoch)].std()),
                 "best_standard_error": float(
-                    per_fold.loc[(best_trial, best_epoch)].std() / np.sqrt(5)
+                    per_fold.loc[(best_trial, best_epoch)].std() / np.sqrt(args.folds)
                 ),
                 "gap_best_to_second": float(ranked.iloc[0] - ranked.iloc[1]),
                 "configurations_within_tolerance": int((final_best >= target).sum()),
@@ -244,8 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
     console.print(
         f"first rung (epoch {min_epochs}) vs best budget, rank correlation over "
         f"configurations: {diagnostics['rung_rank_correlation']:.2f}; best configuration's "
-        f"5-fold score: standard error {diagnostics['best_standard_error']:.4f}, gap to the "
-        f"second best {diagnostics['gap_best_to_second']:.4f}; "
+        f"{args.folds}-fold score: standard error {diagnostics['best_standard_error']:.4f}, "
+        f"gap to the second best {diagnostics['gap_best_to_second']:.4f}; "
         f"{diagnostics['configurations_within_tolerance']}/{len(configurations)} "
         f"configurations and {diagnostics['grid_cells_within_tolerance']}/"
         f"{len(configurations) * len(budgets)} (configuration, epochs) cells reach the target"

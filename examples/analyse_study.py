@@ -69,7 +69,7 @@ print(
     duckdb.sql(
         f"""
         select study, balancer, count(*) as trials, round(max(cv_score), 4) as best_score
-        from read_parquet('{RESULTS}/*/trials.parquet')
+        from read_parquet('{RESULTS}/*/trials.parquet/*.parquet')
         where status = 'completed'
         group by all order by study, balancer
         """

@@ -90,7 +90,7 @@ def test_the_gpu_check_dry_run_on_a_cpu(tmp_path):
 def test_study_efficiency(run_bench):
     result = run_bench(
         "study_efficiency.py", "--patients", "10", "--epochs", "2", "--min-epochs", "1",
-        "--step", "1", "--alphas", "0.1", "--samples", "2", "--seeds", "1",
+        "--step", "1", "--alphas", "0.1", "--samples", "2", "--seeds", "1", "--folds", "2",
         "--encoder", "tu-mobilenetv3_small_050",
     )  # fmt: skip
     assert result["grid_configurations"] == 4 and result["grid_work"] == 4 * (1 + 2)
@@ -104,3 +104,14 @@ def test_study_efficiency(run_bench):
     correlation = result["rung_rank_correlation"]
     assert math.isnan(correlation) or -1 <= correlation <= 1
     assert 1 <= result["configurations_within_tolerance"] <= 4
+
+
+def test_study_scale(run_bench):
+    result = run_bench("study_scale.py", "--trials", "30", "--epochs", "1")
+    assert result["trials"] == result["completed"] == 30 and result["folds"] == 5
+    for part in ("s_per_trial", "harness_s", "tune_state_s"):
+        assert result[f"first_tenth_{part}"] >= 0 and result[f"last_tenth_{part}"] >= 0
+    assert result["first_tenth_s_per_trial"] > 0
+    assert result["ratio"] == pytest.approx(
+        result["last_tenth_s_per_trial"] / result["first_tenth_s_per_trial"], rel=0.01
+    )

@@ -13,14 +13,16 @@ EXAMPLE = Path(__file__).parent.parent / "examples" / "analyse_study.py"
 
 
 @pytest.mark.slow  # two small studies
-def test_the_api_runs_presets_and_the_analysis_example_reads_them(tmp_path):
-    first = study.run_preset("smoke", results=tmp_path, overrides={"epochs": 1}, cpus=2)
+def test_the_api_runs_presets_and_the_analysis_example_reads_them(tmp_path, ray_local):
+    # Both studies on the session's Ray (the API's "Ray already started" path), left running.
+    first = study.run_preset("smoke", results=tmp_path, overrides={"epochs": 1})
+    assert ray_local.is_initialized()
     assert len(first.trials) == 2 and (first.trials.status == "completed").all()
     assert str(first.trials.epochs_run.dtype) == "Int32"
     assert len(first.epochs) == 2 * 5 * 1 * 2 and first.stats is not None
     assert study.tables(tmp_path / "smoke").trials.equals(first.trials)
     second = study.run_preset(
-        "smoke", results=tmp_path, name="gradnorm", cpus=2,
+        "smoke", results=tmp_path, name="gradnorm",
         overrides={"epochs": 1, "balancer": "gradnorm", "decoder_channels": (16, 16, 8, 8, 8)},
     )  # fmt: skip
     assert (second.trials.balancer == "gradnorm").all()

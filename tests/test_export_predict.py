@@ -66,10 +66,11 @@ def _specimens(folder: Path, patients: int, seed: int, specimens: int = 1):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, ray_local):
-    """A short study (2 folds, a small encoder, 60 patients, 8 epochs) and its best trial
-    exported; trained once for the learning test and the export and predict tests."""
+    """A short study (2 folds, a small encoder, 60 patients, 6 epochs at 3x the small preset's
+    learning rate) and its best trial exported; trained once for the learning test and the
+    export and predict tests."""
     results = tmp_path_factory.mktemp("results")
-    train = small().replace(device="cpu", num_folds=2)
+    train = small().replace(device="cpu", num_folds=2, epochs=6, lr=3e-3)
     study = StudyConfig(
         name="short", train=train, synthetic=SynthSpec(patients=60, size=64, specimens=2),
         # The two folds as two one-thread actors side by side, as on a cluster: faster on
@@ -87,7 +88,7 @@ def exported(tmp_path_factory, ray_local):
 @pytest.mark.slow  # a study that learns
 def test_the_small_encoder_learns_all_three_tasks(exported):
     """The training engine learns the synthetic task: fold A of the study, last epoch
-    (fold A of 2 trains on 30 patients; 0.86 pattern accuracy when this was written)."""
+    (fold A of 2 trains on 30 patients; 0.85 pattern accuracy when this was written)."""
     study, _ = exported
     epochs = pd.read_parquet(study / "epochs.parquet")
     val = epochs[(epochs.split == "val") & (epochs.epoch == epochs.epoch.max())]

@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from mtl import FoldTrainer, GradNorm, MultiTaskUNet, small, task_losses
+from mtl import SCORE_METRICS, FoldTrainer, GradNorm, MultiTaskUNet, small, task_losses
 
 pytestmark = pytest.mark.gpu
 
@@ -90,15 +90,19 @@ def test_two_fold_workers_share_the_gpu(tiny_config, device):
     GPU is declared to Ray and the folds train on the CPU)."""
     import ray
 
-    from study.driver.trial import FoldWorker
+    from study.driver.trial import FoldWorker, TrialSetup
 
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
              configure_logging=False)  # fmt: skip
     try:
         config = tiny_config.replace(device="auto", epochs=1)
         store = FoldTrainer(config, "A").store.content_hash
+        setup = TrialSetup(
+            base=config, folds=("A", "B"), score_metrics=SCORE_METRICS, store_hash=store,
+            fold_log=str(config.data), threads=1,
+        )  # fmt: skip
         remote = ray.remote(num_cpus=1, num_gpus=0.5)(FoldWorker)
-        workers = [remote.remote(config, fold, 1, store) for fold in "AB"]
+        workers = [remote.remote(config, fold, setup) for fold in "AB"]
         results = ray.get([w.run_epoch.remote() for w in workers])
         assert [metrics.epoch for metrics, _ in results] == [1, 1]
         assert all(metrics.train.patches > 0 for metrics, _ in results)

@@ -1,7 +1,10 @@
 """Studies on Ray clusters that declare GPUs (1, 2 and 8 on one node; the work itself runs on
 the CPU): the automatic placement runs the smoke study to the end, each fold worker gets the
 fraction the rule says, an impossible placement fails within seconds, and a fold allotted
-no GPU trains on the CPU."""
+no GPU trains on the CPU.
+
+One cluster serves the module: a 0-CPU head and one worker node, which a test that needs
+another shape of node swaps for its own (`gpu_node`)."""
 
 from __future__ import annotations
 
@@ -13,15 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import ray
 
-from mtl import FoldTrainer
+from mtl import EpochMetrics, FoldTrainer, SplitMetrics
 from study.driver.placement import PlacementError
 from study.driver.prepare import StudyRequest, prepare_data
 from study.driver.trial import allotted_device
 from study.driver.tuner import run_study
+from study.run import parse_args, request
 from study.spec.presets import smoke
 
 pytestmark = pytest.mark.slow  # Ray clusters and whole studies
@@ -30,9 +33,12 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers c
 
 
 class RecordingTrainer(FoldTrainer):
-    """FoldTrainer that writes down, once per fold, the resources Ray allotted its worker."""
+    """FoldTrainer that writes down, once per fold, the resources Ray allotted its worker and
+    the device FoldTrainer chose. It trains when `train` is set; otherwise its epochs are
+    scripted (the placement is under test, and one case trains for real)."""
 
     folder: Path
+    train: bool
 
     def run_epoch(self, progress=None):
         context = ray.get_runtime_context()
@@ -42,13 +48,49 @@ class RecordingTrainer(FoldTrainer):
             "actor": context.get_actor_id(),
         }
         (self.folder / f"{context.get_actor_id()}-{self.fold}.json").write_text(json.dumps(record))
-        return super().run_epoch(progress)
+        if self.train:
+            return super().run_epoch(progress)
+        cm = tuple(tuple(0 for _ in range(7)) for _ in range(7))
+        split = SplitMetrics(
+            patches=1, loss=0.5, loss_seg=0.0, loss_pattern=0.0, loss_intensity=0.0,
+            pixel_acc=0.5, dice=0.5, iou=0.5, pattern_acc=0.5, pattern_mca=0.5, intensity_acc=0.5,
+            pattern_confusion=cm, intensity_confusion=((0, 0), (0, 0)),
+        )  # fmt: skip
+        self.epoch += 1
+        return EpochMetrics(epoch=self.epoch, train=split, val=split, weights=(1.0, 1.0, 1.0),
+                            seconds=0.0)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def one_gpu(local_cluster):
-    """The new user's machine: one GPU, six CPUs (one cluster for the tests below)."""
-    return local_cluster({"num_cpus": 6, "num_gpus": 1})
+def gpu_node(local_cluster):
+    """node(**args): the module's cluster with one worker node started with `ray start`
+    arguments ARGS (the worker of another shape, if any, removed first)."""
+    cluster = local_cluster()
+    shape = {}
+
+    def node(**args) -> object:
+        if shape.get("args") == args:
+            return cluster
+        for worker in cluster.workers:
+            cluster.remove_node(worker)
+        cluster.workers = [cluster.add_node(**args)]
+        shape["args"] = args
+        cluster.wait_for_nodes()
+        deadline = time.monotonic() + 60  # until the scheduler sees only the new node
+        while {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")} != {
+            cluster.workers[0].node_id
+        } or ray.available_resources().get("CPU", 0) < args["num_cpus"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        return cluster
+
+    return node
+
+
+@pytest.fixture
+def one_gpu(gpu_node):
+    """The new user's machine: one GPU, six CPUs."""
+    return gpu_node(num_cpus=6, num_gpus=1)
 
 
 def test_an_impossible_placement_fails_within_seconds(one_gpu, tmp_path):
@@ -61,12 +103,12 @@ def test_an_impossible_placement_fails_within_seconds(one_gpu, tmp_path):
     assert not (tmp_path / "smoke" / "study.json").exists()  # nothing written
 
 
-def _smoke_on(cluster, results: Path, *flags: str, timeout: int = 120):
+def _smoke_on(cluster, results: Path, *flags: str):
     """`python -m study.run --preset smoke` on the test's cluster, in its own process."""
     return subprocess.run(
         [sys.executable, "-m", "study.run", "--preset", "smoke", "--results", str(results),
          "--address", cluster.address, "--storage-shared", *flags],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "250"},
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"},
     )  # fmt: skip
 
 
@@ -77,10 +119,11 @@ def test_the_command_line_says_so_and_exits(one_gpu, tmp_path):
 
 
 def test_a_fold_allotted_no_gpu_trains_on_the_cpu(one_gpu):
+    # Both started at once: their processes start side by side.
     actor = ray.remote(num_cpus=1, num_gpus=0)(_Probe).remote()
+    gpu_actor = ray.remote(num_cpus=1, num_gpus=0.5)(_Probe).remote()
     assert ray.get(actor.device.remote("auto")) == ("cpu", "")
     assert "allotted this fold no GPU" in ray.get(actor.device.remote("cuda"))[0]
-    gpu_actor = ray.remote(num_cpus=1, num_gpus=0.5)(_Probe).remote()
     assert ray.get(gpu_actor.device.remote("auto"))[0] == "auto"
     assert allotted_device("auto") == "auto"  # the driver is no fold worker
 
@@ -94,11 +137,12 @@ class _Probe:
 
 
 @pytest.mark.parametrize(("gpus", "fraction"), [(1, 0.2), (2, 0.3333), (8, 0.5)])
-def test_the_smoke_study_fills_fake_gpus(local_cluster, tmp_path, gpus, fraction):
-    local_cluster({"num_cpus": 6, "num_gpus": gpus})
+def test_the_smoke_study_fills_fake_gpus(gpu_node, tmp_path, gpus, fraction):
+    gpu_node(num_cpus=6, num_gpus=gpus)
     records = tmp_path / "records"
     records.mkdir()
     RecordingTrainer.folder = records
+    RecordingTrainer.train = gpus == 1  # the new user's machine trains for real
     study = dataclasses.replace(smoke(), train=smoke().train.replace(epochs=1, device="auto"))
     # One configuration: the placement, not the grid, is under test.
     study = dataclasses.replace(study, configurations=study.configurations[:1])
@@ -114,17 +158,34 @@ def test_the_smoke_study_fills_fake_gpus(local_cluster, tmp_path, gpus, fraction
     assert set(epochs.trial_id) == set(trials.trial_id)
 
 
-def test_a_24_gib_gpu_runs_the_study_whose_folds_do_not_fit_side_by_side(local_cluster, tmp_path):
-    """One GPU declaring 24 GiB and fold workers of 10 GiB: two fit, a trial has five. The
-    five folds of a trial share one process on the GPU, and the study runs to the end."""
-    cluster = local_cluster({"num_cpus": 2, "num_gpus": 1, "resources": {"gpu_memory_gib": 24}})
-    done = _smoke_on(cluster, tmp_path, "--fold-memory-gib", "10", timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
+def test_a_24_gib_gpu_runs_the_study_whose_folds_do_not_fit_side_by_side(
+    gpu_node, tmp_path, capsys
+):
+    """One GPU declaring 24 GiB and fold workers of 10 GiB (the command line's
+    --fold-memory-gib): two fit, a trial has five. The five folds of a trial share one
+    process, which holds the GPU, and the study runs to the end. One configuration, one
+    epoch, one CPU (one torch thread): the placement is under test."""
+    cluster = gpu_node(num_cpus=1, num_gpus=1, resources={"gpu_memory_gib": 24})
+    records = tmp_path / "records"
+    records.mkdir()
+    RecordingTrainer.folder = records
+    RecordingTrainer.train = True  # real folds, sharing the trial's process
+    args = ["--preset", "smoke", "--results", str(tmp_path), "--address", cluster.address,
+            "--storage-shared", "--fold-memory-gib", "10", "--set", "epochs=1"]  # fmt: skip
+    asked = request(parse_args(args))
+    assert asked.study.fold_memory_gib == 10.0
+    study = dataclasses.replace(asked.study, configurations=asked.study.configurations[:1])
+    epochs, trials = run_study(dataclasses.replace(asked, study=study, trainer=RecordingTrainer))
     assert (
         "placement: 24 GiB GPU, fold workers of 10 GiB (--fold-memory-gib): the 5 folds of a "
-        "trial share one process on the GPU, fold models resident" in done.stdout
-    )
-    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
-    assert (trials.status == "completed").all() and len(trials) == 2
+        "trial share one process on the GPU, fold models resident"
+    ) in " ".join(capsys.readouterr().out.split())
+    assert (trials.status == "completed").all() and len(trials) == 1
+    assert len(epochs) == 5 * 2  # folds x splits
+    seen = [json.loads(p.read_text()) for p in records.glob("*.json")]
+    assert len(seen) == 5 and len({r["actor"] for r in seen}) == 1  # one process
+    for record in seen:
+        assert record["resources"]["GPU"] == 1
+        assert record["device"] == "cpu"
     runs = json.loads((tmp_path / "smoke" / "study.json").read_text())["provenance"]["runs"]
     assert runs[0]["settings"]["fold_memory_gib"] == 10.0

@@ -3,6 +3,7 @@ of the experiment against a real S3 protocol server (moto's, on loopback: the `s
 tests/conftest.py). Nothing is mocked: pyarrow and Ray talk S3 to it."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -190,7 +191,7 @@ def test_a_study_on_s3_storage_tables_test_estimate_export_rebuild_and_resume(
     # python -m study.results rebuild: the same tables from the bucket.
     written = {name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}
     for name in TABLES:
-        (out / f"{name}.parquet").unlink()
+        shutil.rmtree(out / f"{name}.parquet")  # a dataset folder
     assert results_main(["rebuild", str(out)]) == 0
     for name in TABLES:
         pd.testing.assert_frame_equal(pd.read_parquet(out / f"{name}.parquet"), written[name])

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,23 +124,25 @@ def test_missing_store_names_the_file(tmp_path):
         fetch_store((tmp_path / "nothing").as_uri(), tmp_path / "cache")
 
 
-def _fetch_in_child(uri, cache, queue):
-    queue.put(str(fetch_store(uri, cache)))
+# Each child imports study.storage alone (not this module, nor torch): a second to start.
+FETCH = (
+    "import sys; from pathlib import Path; from study.storage import fetch_store; "
+    "print(fetch_store(sys.argv[1], Path(sys.argv[2])))"
+)
 
 
 def test_concurrent_fetches_share_one_copy(store, tmp_path):
     cache = tmp_path / "cache"
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
     children = [
-        ctx.Process(target=_fetch_in_child, args=(store.path.as_uri(), cache, queue))
+        subprocess.Popen(
+            [sys.executable, "-c", FETCH, store.path.as_uri(), str(cache)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
-    for child in children:
-        child.start()
-    paths = {queue.get(timeout=60) for _ in children}
-    for child in children:
-        child.join(timeout=60)
+    paths = {child.communicate(timeout=60)[0].strip() for child in children}
+    assert [child.returncode for child in children] == [0, 0]
     assert len(paths) == 1
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == [
         Path(paths.pop()).name
