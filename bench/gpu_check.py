@@ -258,8 +258,8 @@ def paper_epoch(cpu: bool, out: Path, patients: int, memory: dict) -> dict:
     them (study/driver/placement.py), each a FoldWorker actor."""
     import ray
 
+    from study.driver.folds import FoldWorker, TrialSetup
     from study.driver.placement import cluster_nodes, plan_placement
-    from study.driver.trial import FoldWorker, TrialSetup
 
     # On a CPU the smallest store that gives every fold a patient: 15 patches per patient.
     size, specimens, sources = (64, 1, 1) if cpu else (384, 4, 2)

@@ -90,7 +90,7 @@ def test_two_fold_workers_share_the_gpu(tiny_config, device):
     GPU is declared to Ray and the folds train on the CPU)."""
     import ray
 
-    from study.driver.trial import FoldWorker, TrialSetup
+    from study.driver.folds import FoldWorker, TrialSetup
 
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
              configure_logging=False)  # fmt: skip

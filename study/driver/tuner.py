@@ -34,8 +34,9 @@ def build_tuner(prepared: PreparedStudy):
 
     from study.driver.callbacks import LiveView, ResultsWriter
     from study.driver.checkpoints import CheckpointKeeper
+    from study.driver.folds import TrialSetup
     from study.driver.search import asha, grid_search, limit_concurrency, optuna_search
-    from study.driver.trial import TrialSetup, run_trial
+    from study.driver.trial import run_trial
     from study.provenance import code_version
 
     study, folder, experiment = prepared.study, prepared.folder, prepared.experiment

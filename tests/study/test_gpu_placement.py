@@ -20,9 +20,9 @@ import pytest
 import ray
 
 from mtl import EpochMetrics, FoldTrainer, SplitMetrics
+from study.driver.folds import allotted_device
 from study.driver.placement import PlacementError
 from study.driver.prepare import StudyRequest, prepare_data
-from study.driver.trial import allotted_device
 from study.driver.tuner import run_study
 from study.run import parse_args, request
 from study.spec.presets import smoke

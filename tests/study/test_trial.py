@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mtl import SCORE_METRICS, epoch_frame, tiny
-from study.driver.trial import FoldWorker, TrialSetup
+from study.driver.folds import FoldWorker, TrialSetup
 
 
 def fold_setup(config, store, tmp_path, offload=False) -> TrialSetup:
