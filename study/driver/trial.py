@@ -2,10 +2,11 @@
 
 Each fold is a `FoldWorker` (study/driver/folds.py) around mtl's `FoldTrainer`: a Ray actor
 in the trial's placement group (one GPU or a fraction of one) on a cluster, or an object in
-the trial's own process on a machine without GPUs. Every epoch each fold trains and validates once; the
-trial reports the fold-mean (cross-validated) metrics that ASHA and Optuna see plus every
-fold's score, writes every fold's rows to its fold log (study/results/foldlog.py), and every
-`checkpoint_every` epochs saves a checkpoint holding all folds.
+the trial's own process on a machine without GPUs. Every epoch each fold trains and
+validates once; the trial reports the fold-mean (cross-validated) metrics that ASHA and
+Optuna see plus every fold's score, writes every fold's rows to its fold log
+(study/results/foldlog.py), and every `checkpoint_every` epochs saves a checkpoint holding
+all folds.
 """
 
 from __future__ import annotations
