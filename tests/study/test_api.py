@@ -30,6 +30,19 @@ def _run(*command: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+def _run_all(*commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """The commands run at once; each one's CompletedProcess."""
+    running = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in commands
+    ]
+    done = []
+    for command, process in zip(commands, running, strict=True):
+        stdout, stderr = process.communicate(timeout=120)
+        done.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    return done
+
+
 def test_each_command_is_its_python_m_programs_main_with_a_version(capsys):
     scripts = {ep.name: ep for ep in metadata.entry_points(group="console_scripts")}
     mains = {
@@ -51,11 +64,14 @@ def test_each_command_is_its_python_m_programs_main_with_a_version(capsys):
 def test_hep2_study_prints_what_python_m_study_run_prints():
     installed = shutil.which("hep2-study", path=str(Path(sys.executable).parent))
     assert installed, "hep2-study is not installed (pip install -e .)"
-    as_script = _run(installed, "--help")
-    as_module = _run(sys.executable, "-m", "study.run", "--help")
+    # The three at once: each is mostly the import of torch and Ray.
+    as_script, as_module, version = _run_all(
+        [installed, "--help"],
+        [sys.executable, "-m", "study.run", "--help"],
+        [installed, "--version"],
+    )
     assert as_script.returncode == as_module.returncode == 0
     assert as_script.stdout == as_module.stdout
-    version = _run(installed, "--version")
     assert version.returncode == 0 and f"hep2-mtl {package_version()}" in version.stdout
 
 

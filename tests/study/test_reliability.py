@@ -1,4 +1,9 @@
-"""Nothing lost, nothing duplicated: a killed driver resumes, a crashed fold is retried."""
+"""Nothing lost, nothing duplicated: a killed driver resumes, a crashed fold is retried.
+
+What is tested is the driver's: the studies of the kills, signals and crashes train scripted
+folds (HeldTrainer, CrashingTrainer), and the driver stops them where the test chooses; a
+diverging FoldTrainer is really trained.
+"""
 
 import dataclasses
 import os
@@ -16,7 +21,9 @@ from mtl import FoldTrainer
 from study.driver.prepare import StudyRequest
 from study.driver.tuner import run_study
 from study.report.document import write_report
+from study.run import main
 from study.spec.presets import smoke
+from tests.study.test_scheduling import ScriptedTrainer
 
 pytestmark = pytest.mark.slow  # whole studies, killed and resumed
 
@@ -24,13 +31,44 @@ TRIAL_EPOCHS = 2  # a checkpoint to resume from, and an epoch after it
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
 
 
-def _study(results: Path, name: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    command = [sys.executable, "-m", "study.run", "--preset", "smoke", "--results",
-               str(results), "--name", name, "--cpus", "2", "--set", f"epochs={TRIAL_EPOCHS}",
-               *extra]  # fmt: skip
+class HeldTrainer(ScriptedTrainer):
+    """ScriptedTrainer that, when `hold`, stays in its second epoch (up to 2 minutes, as a
+    long epoch would): a study stopped then has every trial's first epoch or nothing saved,
+    and nothing after it."""
+
+    hold = False
+
+    def run_epoch(self, progress=None):
+        if self.hold and self.epoch >= 1:
+            time.sleep(120)
+        return super().run_epoch(progress)
+
+
+# `python -m study.run ARGS` whose folds are HeldTrainers, held when the first argument is
+# "hold" (Ray's workers get the class by value, with its `hold`).
+SCRIPTED_RUN = """
+import dataclasses, sys
+import study.run
+from tests.study.test_reliability import HeldTrainer
+HeldTrainer.hold = sys.argv.pop(1) == "hold"
+asked = study.run.request
+study.run.request = lambda args: dataclasses.replace(asked(args), trainer=HeldTrainer)
+sys.exit(study.run.main(sys.argv[1:]))
+"""
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _argv(results: Path, name: str) -> list[str]:
+    return ["--preset", "smoke", "--results", str(results), "--name", name, "--cpus", "2",
+            "--set", f"epochs={TRIAL_EPOCHS}"]  # fmt: skip
+
+
+def _held_study(results: Path, name: str) -> subprocess.Popen:
+    """The study run by `python -m study.run` in a process of its own (with its own Ray),
+    its trials held in their second epoch."""
     return subprocess.Popen(
-        command,
-        env={**os.environ, **(env or {})},
+        [sys.executable, "-c", SCRIPTED_RUN, "hold", *_argv(results, name)],
+        cwd=REPO,  # where `tests` imports from
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -52,9 +90,9 @@ def _assert_complete(folder: Path) -> pd.DataFrame:
     return epochs
 
 
-def test_a_killed_study_resumes_with_nothing_lost_or_duplicated(tmp_path):
+def test_a_killed_study_resumes_with_nothing_lost_or_duplicated(ray_local, tmp_path, scripted_cli):
     folder = tmp_path / "kill"
-    driver = _study(tmp_path, "kill")
+    driver = _held_study(tmp_path, "kill")
     deadline = time.monotonic() + 300
     while not _checkpoints(folder):  # some epochs done and checkpointed, the rest not
         assert driver.poll() is None, driver.stdout.read()
@@ -65,15 +103,15 @@ def test_a_killed_study_resumes_with_nothing_lost_or_duplicated(tmp_path):
     assert driver.returncode == -signal.SIGKILL
 
     # Resumed with other run settings (one trial at a time): how it runs is not what it is.
-    resumed = _study(tmp_path, "kill", "--resume", "--max-concurrent", "1")
-    output, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, output
+    # By another driver: main() in this process, on this session's Ray.
+    scripted_cli(HeldTrainer)
+    assert main([*_argv(tmp_path, "kill"), "--resume", "--max-concurrent", "1"]) == 0
     _assert_complete(folder)
 
 
-class CrashingTrainer(FoldTrainer):
-    """FoldTrainer whose fold B dies at epoch 2, once (the marker file records that it did),
-    as a lost node or an out-of-memory kill would: no clean-up."""
+class CrashingTrainer(ScriptedTrainer):
+    """ScriptedTrainer whose fold B dies at epoch 2, once (the marker file records that it
+    did), as a lost node or an out-of-memory kill would: no clean-up."""
 
     marker: Path
 
@@ -95,18 +133,20 @@ def test_a_crashed_fold_worker_is_retried_from_its_checkpoint(ray_local, tmp_pat
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_the_study_and_resume_finishes_it(tmp_path, signum):
+def test_a_signal_stops_the_study_and_resume_finishes_it(
+    ray_local, tmp_path, signum, scripted_cli, capsys
+):
     folder = tmp_path / "stop"
-    driver = _study(tmp_path, "stop", "--set", "epochs=4")
+    driver = _held_study(tmp_path, "stop")
     deadline = time.monotonic() + 300
     while not _checkpoints(folder):
         assert driver.poll() is None, driver.stdout.read()
         assert time.monotonic() < deadline, "no checkpoint within 5 minutes"
         time.sleep(0.5)
+    scripted_cli(HeldTrainer)  # this process's drivers: main(), not held
     if signum == signal.SIGINT:  # a second driver on the same study is refused, naming it
-        second = _study(tmp_path, "stop", "--set", "epochs=4")
-        output, _ = second.communicate(timeout=120)
-        assert second.returncode == 2, output
+        assert main(_argv(tmp_path, "stop")) == 2
+        output = capsys.readouterr().out
         assert f"is being run by process {driver.pid}" in " ".join(output.split())
         assert driver.poll() is None  # and the first ran on untouched
     os.kill(driver.pid, signum)  # the driver only, as Ctrl-C or a scheduler's SIGTERM
@@ -117,14 +157,11 @@ def test_a_signal_stops_the_study_and_resume_finishes_it(tmp_path, signum):
     assert (trials.status == "unfinished").any()  # written for what had run
     assert (folder / "report.md").exists()
     if signum == signal.SIGINT:  # the same continuation after either signal
-        resumed = _study(tmp_path, "stop", "--set", "epochs=4", "--resume")
-        output, _ = resumed.communicate(timeout=600)
-        assert resumed.returncode == 0, output
+        assert main([*_argv(tmp_path, "stop"), "--resume"]) == 0
         trials = pd.read_parquet(folder / "trials.parquet")
-        assert (trials.status == "completed").all() and (trials.epochs_run == 4).all()
-        epochs = pd.read_parquet(folder / "epochs.parquet")
-        assert len(epochs) == 2 * 5 * 4 * 2
-        assert not epochs.duplicated(["trial_id", "fold", "epoch", "split"]).any()
+        assert (trials.status == "completed").all()
+        assert (trials.epochs_run == TRIAL_EPOCHS).all()
+        _assert_complete(folder)
 
 
 class DivergingTrainer(FoldTrainer):

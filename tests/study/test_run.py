@@ -1,4 +1,5 @@
-"""The smoke study end to end on a local Ray: both Parquet files, with every row."""
+"""The smoke study end to end on a local Ray: both Parquet files, with every row. The study
+is the session's (tests/study/conftest.py: smoke_study), run by main() as a user runs it."""
 
 import json
 import os
@@ -9,14 +10,14 @@ import time
 import pandas as pd
 import pytest
 
+from study.results.files import TABLES
 from study.run import main
 
 pytestmark = pytest.mark.slow  # whole studies
 
 
-def test_smoke_study_writes_both_tables(ray_local, tmp_path, capsys):
-    assert main(["--preset", "smoke", "--results", str(tmp_path)]) == 0
-    out = tmp_path / "smoke"
+def test_smoke_study_writes_both_tables(smoke_study):
+    out = smoke_study.folder
     epochs = pd.read_parquet(out / "epochs.parquet")
     trials = pd.read_parquet(out / "trials.parquet")
     assert json.loads((out / "study.json").read_text())["name"] == "smoke"
@@ -65,40 +66,45 @@ def test_smoke_study_writes_both_tables(ray_local, tmp_path, capsys):
     assert len(kept) == 1 and f"_{best}_" in kept[0]
     assert (out / "report.md").exists() and list(out.glob("curves_*.png"))
 
-    printed = capsys.readouterr().out
+    printed = smoke_study.printed
     assert "pattern acc" in printed and "best configuration" in printed
 
 
-def test_a_finished_study_is_not_rerun_and_another_configuration_is_refused(
-    ray_local, tmp_path, capsys
-):
-    argv = ["--preset", "smoke", "--results", str(tmp_path), "--set", "epochs=1"]
-    assert main(argv) == 0
-    trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
+def test_a_finished_study_is_not_rerun_and_another_configuration_is_refused(smoke_copy, capsys):
+    argv = ["--preset", "smoke", "--results", str(smoke_copy)]  # the finished smoke study
+    tables = {t: pd.read_parquet(smoke_copy / "smoke" / f"{t}.parquet") for t in TABLES}
     assert main(argv) == 0  # the same study again: resumed, nothing to do
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "smoke" / "trials.parquet"), trials)
+    for name, table in tables.items():
+        again = pd.read_parquet(smoke_copy / "smoke" / f"{name}.parquet")
+        if name == "trials":  # the data where it is now: the copy's (a resume may move it)
+            assert again.pop("data").str.startswith(str(smoke_copy / "data")).all()
+            table = table.drop(columns="data")
+        pd.testing.assert_frame_equal(again, table)
     capsys.readouterr()
-    assert main(["--preset", "smoke", "--results", str(tmp_path), "--set", "epochs=2"]) == 2
+    assert main([*argv, "--set", "epochs=1"]) == 2
     out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
-    assert "holds another study: train.epochs differ (train.epochs is 1 there, 2 here)" in out
+    assert "holds another study: train.epochs differ (train.epochs is 2 there, 1 here)" in out
 
 
 def test_a_cluster_needs_shared_storage_and_an_unreachable_one_is_a_quick_error(tmp_path):
-    # In a subprocess: this test process already has a local Ray, which main() would use.
-    def run(*extra: str) -> subprocess.CompletedProcess:
+    # In subprocesses (both at once): this test process already has a local Ray, which main()
+    # would use.
+    def start(*extra: str) -> subprocess.Popen:
         argv = ["--preset", "smoke", "--results", str(tmp_path), "--address", "127.0.0.1:9"]
-        return subprocess.run(
+        return subprocess.Popen(
             [sys.executable, "-m", "study.run", *argv, *extra],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "COLUMNS": "200"},
-            timeout=120,
         )
 
-    refused = run()  # a head-local folder is refused on a cluster, naming what to use
-    assert refused.returncode == 2 and "--storage s3://BUCKET/PREFIX" in refused.stdout
-    start = time.monotonic()
-    unreachable = run("--storage", str(tmp_path / "shared"), "--storage-shared")
+    start_time = time.monotonic()
+    refused = start()  # a head-local folder is refused on a cluster, naming what to use
+    unreachable = start("--storage", str(tmp_path / "shared"), "--storage-shared")
+    refused_out, _ = refused.communicate(timeout=120)
+    unreachable_out, _ = unreachable.communicate(timeout=120)
+    assert refused.returncode == 2 and "--storage s3://BUCKET/PREFIX" in refused_out
     assert unreachable.returncode == 2
-    assert "no Ray cluster at 127.0.0.1:9" in unreachable.stdout
-    assert time.monotonic() - start < 60  # seconds, not Ray's minutes of retrying
+    assert "no Ray cluster at 127.0.0.1:9" in unreachable_out
+    assert time.monotonic() - start_time < 60  # seconds, not Ray's minutes of retrying

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import ray.cloudpickle
+import torch
 
 from mtl import build_synthetic_store
 from study import provenance
@@ -185,11 +186,24 @@ def test_a_study_refused_for_its_disk_writes_nothing(ray_local, tmp_path, monkey
     assert not (tmp_path / "smoke" / "study.json").exists()
 
 
+class ExportableTrainer(ScriptedTrainer):
+    """ScriptedTrainer whose Dice trials score above its BCE trials, with a model in its state
+    for study.results.export to write."""
+
+    def score(self) -> float:
+        return (0.6 if self.config.seg_loss == "dice" else 0.5) + 0.01 * self.epoch
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "model": {"weight": torch.full((2,), self.score())}}
+
+
 @pytest.mark.slow
-def test_keep_checkpoints_2_lets_the_second_best_trial_export(ray_local, tmp_path):
+def test_keep_checkpoints_2_lets_the_second_best_trial_export(ray_local, tmp_path, scripted_cli):
+    scripted_cli(ExportableTrainer)  # the command line as given; keeping is the driver's
     assert main(["--preset", "smoke", "--results", str(tmp_path), "--keep-checkpoints", "2"]) == 0
     trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
     second = trials.sort_values("cv_score").trial_id.iloc[0]
+    assert trials.set_index("trial_id").at[second, "seg_loss"] == "bce"  # not the best
     model = export(tmp_path / "smoke", tmp_path / "second", trial=second)
     assert json.loads((model / "model.json").read_text())["trial_id"] == second
     assert sorted(p.name for p in model.glob("fold-*.pt")) == [f"fold-{f}.pt" for f in "ABCDE"]

@@ -3,6 +3,7 @@ study.results.load; lean Tune reports; a study rerun from its own study.json."""
 
 import glob
 import json
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -41,11 +42,12 @@ class FailingTrainer(ScriptedTrainer):
 
 
 @pytest.fixture(scope="module")
-def results(ray_local, tmp_path_factory) -> Path:
+def results(smoke_study, tmp_path_factory) -> Path:
     """RESULTS with two studies: `smoke` (segmentation loss varied, really trained, every
-    trial completed) and `balancers` (balancer varied, scripted, one trial errored)."""
+    trial completed: a copy of the session's, tests/study/conftest.py) and `balancers`
+    (balancer varied, scripted, one trial errored)."""
     results = tmp_path_factory.mktemp("results")
-    assert main(["--preset", "smoke", "--results", str(results)]) == 0
+    shutil.copytree(smoke_study.folder, results / "smoke")
     study = StudyConfig(
         name="balancers",
         train=smoke().train.replace(epochs=2),
@@ -62,7 +64,8 @@ def results(ray_local, tmp_path_factory) -> Path:
 
 
 def test_two_studies_read_together(results):
-    pattern = f"{results}/*/trials.parquet"
+    # Each table is a Parquet dataset folder: its files are the glob's (docs/results.md).
+    pattern = f"{results}/*/trials.parquet/*.parquet"
     # pyarrow.dataset: one schema for both, no casting.
     table = ds.dataset(sorted(glob.glob(pattern)), format="parquet").to_table()
     assert table.num_rows == 2 + 3

@@ -7,16 +7,21 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
 
 import mlflow
 import pandas as pd
 import pytest
+import ray.cloudpickle
 
 from study.run import main
 from study.spec.presets import get_preset
 from study.spec.record import study_record
 from study.trackers.backends import check_trackers, trial_params, wandb_mode, wandb_run_id
 from study.trackers.callbacks import StudyMLflowCallback, StudyWandbCallback
+from tests.study.test_scheduling import ScriptedTrainer
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
 
 
 @dataclasses.dataclass(eq=False)  # hashed by identity, as Tune's trials are
@@ -134,14 +139,23 @@ def test_wandb_is_offline_unless_logged_in_or_told(tmp_path, monkeypatch):
     assert wandb_mode() == "disabled"
 
 
+class BalancerTrainer(ScriptedTrainer):
+    """GradNorm scores above equal weights, by fold: what the trackers log is the driver's."""
+
+    def score(self) -> float:
+        gain = 0.1 + 0.02 * "ABCDE".index(self.fold) if self.config.balancer == "gradnorm" else 0
+        return 0.5 + gain + 0.01 * "ABCDE".index(self.fold) + 0.01 * self.epoch
+
+
 @pytest.mark.slow
-def test_a_study_with_both_trackers(ray_local, tmp_path, monkeypatch):
+def test_a_study_with_both_trackers(ray_local, tmp_path, monkeypatch, scripted_cli):
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")  # whatever this machine's W&B login
     config = tmp_path / "tracked.json"
     config.write_text(json.dumps(study_record(two_balancers())))
     argv = ["--config", str(config), "--results", str(tmp_path / "results")]
+    scripted_cli(BalancerTrainer)
     assert main([*argv, "--tracker", "mlflow", "--tracker", "wandb"]) == 0
     folder = tmp_path / "results" / "tracked"
     trials = pd.read_parquet(folder / "trials.parquet").set_index("trial_id")
