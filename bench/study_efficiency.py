@@ -37,11 +37,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import ray
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from mtl import INTENSITIES, PATTERNS, EpochMetrics, SplitMetrics, is_active, score
+from mtl import (
+    INTENSITIES,
+    PATTERNS,
+    EpochMetrics,
+    ScriptedTrainer,
+    SplitMetrics,
+    is_active,
+    score,
+)
 from study.driver.prepare import StudyRequest, prepare_data
 from study.driver.tuner import run_study
 from study.spec.presets import StudyConfig, grid, smoke
@@ -64,27 +71,20 @@ def curve_key(seg_loss: str, balancer: str, alpha, fold) -> tuple:
     return (seg_loss, balancer, round(float(alpha), 9) if active else None, fold)
 
 
-class ReplayTrainer:
-    """FoldTrainer's interface, replaying a grid's recorded validation metrics."""
+class ReplayTrainer(ScriptedTrainer):
+    """mtl's scripted trainer, replaying a grid's recorded validation metrics."""
 
     curves: dict = {}  # curve_key -> list of per-epoch SplitMetrics
-    device = "cpu"
 
     def __init__(self, config, fold):
+        super().__init__(config, fold)
         self.key = curve_key(config.seg_loss, config.balancer, config.alpha, fold)
-        self.epoch = 0
 
     def run_epoch(self, progress=None) -> EpochMetrics:
         split = self.curves[self.key][self.epoch]
         self.epoch += 1
         return EpochMetrics(epoch=self.epoch, train=split, val=split, weights=(1.0, 1.0, 1.0),
                             seconds=0.0)  # fmt: skip
-
-    def state_dict(self) -> dict:
-        return {"epoch": torch.tensor(self.epoch)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
 
 
 def split_from_row(row: pd.Series) -> SplitMetrics:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import ray
-import torch
 from pyarrow import fs
 
-from mtl import EpochMetrics, SplitMetrics
+from mtl import EpochMetrics, ScriptedTrainer
 from study.driver.prepare import StudyRequest, fold_placement, prepare_data
 from study.driver.tuner import run_study
 from study.spec.presets import StudyConfig, smoke
@@ -32,37 +31,21 @@ HELD_EPOCH = 3  # waits for the lost node in the trial's first attempt (the retr
 SLOTS = {"num_cpus": 2, "resources": {"fold_slot": 5}}  # room for all 5 folds on each worker
 
 
-class HeldTrainer:
-    """FoldTrainer's interface with scripted metrics; epoch HELD_EPOCH starts once the file
-    `lost` exists (the test writes it after taking the node away)."""
+class HeldTrainer(ScriptedTrainer):
+    """Scripted metrics (mtl.ScriptedTrainer); epoch HELD_EPOCH starts once the file `lost`
+    exists (the test writes it after taking the node away)."""
 
-    device = "cpu"
     lost: Path
 
-    def __init__(self, config, fold):
-        self.config, self.fold, self.epoch = config, fold, 0
+    def score(self) -> float:
+        return 0.5 + 0.01 * self.epoch
 
     def run_epoch(self, progress=None) -> EpochMetrics:
-        self.epoch += 1
-        if self.epoch == HELD_EPOCH:
+        if self.epoch + 1 == HELD_EPOCH:
             deadline = time.monotonic() + 300
             while not self.lost.exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
-        s = 0.5 + 0.01 * self.epoch
-        cm = tuple(tuple(0 for _ in range(7)) for _ in range(7))
-        split = SplitMetrics(
-            patches=1, loss=1 - s, loss_seg=0.0, loss_pattern=0.0, loss_intensity=0.0,
-            pixel_acc=s, dice=s, iou=s, pattern_acc=s, pattern_mca=s, intensity_acc=s,
-            pattern_confusion=cm, intensity_confusion=((0, 0), (0, 0)),
-        )  # fmt: skip
-        return EpochMetrics(epoch=self.epoch, train=split, val=split, weights=(1.0, 1.0, 1.0),
-                            seconds=0.0)  # fmt: skip
-
-    def state_dict(self) -> dict:
-        return {"epoch": torch.tensor(self.epoch)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
+        return super().run_epoch(progress)
 
 
 def checkpoint_written(experiment: str, name: str) -> bool:

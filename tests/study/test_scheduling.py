@@ -11,9 +11,8 @@ import optuna
 import pandas as pd
 import pytest
 import ray.cloudpickle
-import torch
 
-from mtl import EpochMetrics, SplitMetrics
+import mtl
 from study.driver.prepare import StudyRequest, prepare_data
 from study.driver.tuner import run_study
 from study.report.summary import configuration_labels
@@ -31,35 +30,12 @@ def fold_score(alpha: float, fold: str, epoch: int) -> float:
     return alpha - HARDNESS[fold] + 0.01 * epoch
 
 
-class ScriptedTrainer:
-    """FoldTrainer's interface; every validation accuracy equals `score()`, by default
+class ScriptedTrainer(mtl.ScriptedTrainer):
+    """mtl's scripted trainer; every validation accuracy is `score()`, by default
     fold_score. Subclasses in other tests script other scores."""
-
-    device = "cpu"
-
-    def __init__(self, config, fold):
-        self.config, self.fold, self.epoch = config, fold, 0
 
     def score(self) -> float:
         return fold_score(self.config.alpha, self.fold, self.epoch)
-
-    def run_epoch(self, progress=None) -> EpochMetrics:
-        self.epoch += 1
-        s = self.score()
-        cm = tuple(tuple(0 for _ in range(7)) for _ in range(7))
-        split = SplitMetrics(
-            patches=1, loss=1 - s, loss_seg=0.0, loss_pattern=0.0, loss_intensity=0.0,
-            pixel_acc=s, dice=s, iou=s, pattern_acc=s, pattern_mca=s, intensity_acc=s,
-            pattern_confusion=cm, intensity_confusion=((0, 0), (0, 0)),
-        )  # fmt: skip
-        return EpochMetrics(epoch=self.epoch, train=split, val=split, weights=(1.0, 1.0, 1.0),
-                            seconds=0.0)  # fmt: skip
-
-    def state_dict(self) -> dict:
-        return {"epoch": torch.tensor(self.epoch)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
 
 
 def test_asha_uses_the_fold_mean_and_optuna_records_pruned_trials(ray_local, tmp_path):
