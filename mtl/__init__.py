@@ -74,10 +74,10 @@ _PUBLIC = {
     "read_checkpoint": "mtl.loop",
     "checkpoint_bytes": "mtl.loop",
     "write_checkpoint": "mtl.loop",
-    "split_rows": "mtl.trainer",
-    "heldout_rows": "mtl.trainer",
+    "split_rows": "mtl.data",
+    "heldout_rows": "mtl.data",
     "resolve_device": "mtl.trainer",
-    "EPOCH_DEPENDENT_SCHEDULES": "mtl.trainer",
+    "EPOCH_DEPENDENT_SCHEDULES": "mtl.config",
     "train_fold": "mtl.train",
     # memory: a fold's state counted, a training step's GPU peak measured
     "state_bytes": "mtl.memory",
@@ -113,6 +113,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and editors; at run time names load on first use
     from mtl.balancing import BALANCERS, GradNorm, build_balancer
     from mtl.config import (
+        EPOCH_DEPENDENT_SCHEDULES,
         TrainConfig,
         add_overrides_option,
         add_version_option,
@@ -131,10 +132,12 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
         build_augmentation,
         build_synthetic_store,
         fold_labels,
+        heldout_rows,
         holdout_patients,
         make_loader,
         open_store,
         split_label,
+        split_rows,
     )
     from mtl.data.store import StoreWriter, content_hash
     from mtl.data.synthetic import choose_patients
@@ -178,10 +181,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names load on fi
     )
     from mtl.train import train_fold
     from mtl.trainer import (
-        EPOCH_DEPENDENT_SCHEDULES,
         FoldTrainer,
-        heldout_rows,
         open_trainer,
         resolve_device,
-        split_rows,
     )

@@ -28,6 +28,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_schedule": ("constant", "cosine"),  # mtl.trainer.LR_SCHEDULES
     "device": ("auto", "cpu", "cuda"),  # mtl.trainer.DEVICES
 }
+# Schedules whose value at an epoch depends on the total epochs: trials of different lengths
+# are at different points of them at the same epoch (which ASHA's rungs compare).
+EPOCH_DEPENDENT_SCHEDULES = frozenset({"cosine"})
 # GradNorm's asymmetry and the task weights' learning rate (GradNorm's paper: 0.025); the
 # balancers take these defaults from here.
 ALPHA = 0.12

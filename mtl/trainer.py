@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mtl.balancing import balancer_from_config
@@ -30,11 +29,10 @@ from mtl.config import TrainConfig, check_registry
 from mtl.data import (
     PatchDataset,
     PatchStore,
-    assign_folds,
     build_augmentation,
-    fold_names,
     make_loader,
     open_store,
+    split_rows,
 )
 from mtl.loop import read_checkpoint, write_checkpoint
 from mtl.losses import task_losses
@@ -66,27 +64,6 @@ def resolve_device(name: str) -> torch.device:
     return DEVICES[name]()
 
 
-def split_rows(config: TrainConfig, index, fold: str) -> tuple[np.ndarray, np.ndarray]:
-    """Row numbers of the training and validation patches when `fold` is validated on.
-
-    The patients of `config.held_out` (the test set) are in neither: folds are dealt over
-    the other patients only.
-    """
-    names = fold_names(config.num_folds)
-    if fold not in names:
-        raise ValueError(f"fold must be one of {', '.join(names)}, got {fold!r}")
-    in_folds = ~index.patient.isin(config.held_out).to_numpy()
-    folds = assign_folds(index[in_folds], config.folds, k=config.num_folds, seed=config.fold_seed)
-    patient_fold = index.patient.map(folds).to_numpy()
-    validate = in_folds & (patient_fold == fold)
-    return np.flatnonzero(in_folds & ~validate), np.flatnonzero(validate)
-
-
-def heldout_rows(config: TrainConfig, index) -> np.ndarray:
-    """Row numbers of the held-out (test) patients' patches."""
-    return np.flatnonzero(index.patient.isin(config.held_out).to_numpy())
-
-
 def open_checked_store(config: TrainConfig) -> PatchStore:
     if not config.data:
         raise ValueError("config.data must name a patch store (python -m mtl.data)")
@@ -107,9 +84,6 @@ LR_SCHEDULES = {
     "cosine": lambda epoch, epochs: 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs)),
 }
 check_registry("lr_schedule", LR_SCHEDULES)
-# Schedules whose value at an epoch depends on the total epochs: trials of different lengths
-# are at different points of them at the same epoch (which ASHA's rungs compare).
-EPOCH_DEPENDENT_SCHEDULES = frozenset({"cosine"})
 
 
 def learning_rate(config: TrainConfig, epoch: int) -> float:

@@ -18,7 +18,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from mtl.config import check_registry
+from mtl.config import TrainConfig, check_registry
 
 
 @cache
@@ -115,3 +115,24 @@ def _stratified_folds(patients: pd.DataFrame, k: int, seed: int) -> pd.Series:
 # TrainConfig.folds: name -> the function that deals patients (with labels) into k folds.
 FOLD_SCHEMES = {"stratified": _stratified_folds, "seed": _seed_folds}
 check_registry("folds", FOLD_SCHEMES)
+
+
+def split_rows(config: TrainConfig, index, fold: str) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of the training and validation patches when `fold` is validated on.
+
+    The patients of `config.held_out` (the test set) are in neither: folds are dealt over
+    the other patients only.
+    """
+    names = fold_names(config.num_folds)
+    if fold not in names:
+        raise ValueError(f"fold must be one of {', '.join(names)}, got {fold!r}")
+    in_folds = ~index.patient.isin(config.held_out).to_numpy()
+    folds = assign_folds(index[in_folds], config.folds, k=config.num_folds, seed=config.fold_seed)
+    patient_fold = index.patient.map(folds).to_numpy()
+    validate = in_folds & (patient_fold == fold)
+    return np.flatnonzero(in_folds & ~validate), np.flatnonzero(validate)
+
+
+def heldout_rows(config: TrainConfig, index) -> np.ndarray:
+    """Row numbers of the held-out (test) patients' patches."""
+    return np.flatnonzero(index.patient.isin(config.held_out).to_numpy())

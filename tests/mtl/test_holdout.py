@@ -9,13 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtl.config import tiny
-from mtl.data import fold_labels, holdout_patients, split_label
+from mtl.data import fold_labels, heldout_rows, holdout_patients, split_label, split_rows
 from mtl.data.folds import patient_labels
 from mtl.evaluate import bootstrap, confusion_columns, heldout_metrics, patient_sums
 from mtl.labels import INTENSITIES, PATTERNS
 from mtl.model import MultiTaskOutput
 from mtl.schema import METRIC_LEVELS
-from mtl.trainer import FoldTrainer, heldout_rows, split_rows
+from mtl.trainer import FoldTrainer
 
 
 @st.composite

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from mtl import EpochMetrics, FoldTrainer, SplitMetrics
+from mtl import FoldTrainer, ScriptedTrainer
 from study.driver.folds import allotted_device
 from study.driver.placement import PlacementError
 from study.driver.prepare import StudyRequest, prepare_data
@@ -32,13 +32,11 @@ pytestmark = pytest.mark.slow  # Ray clusters and whole studies
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
 
 
-class RecordingTrainer(FoldTrainer):
-    """FoldTrainer that writes down, once per fold, the resources Ray allotted its worker and
-    the device FoldTrainer chose. It trains when `train` is set; otherwise its epochs are
-    scripted (the placement is under test, and one case trains for real)."""
+class Recording:
+    """Writes down, once per fold, the resources Ray allotted its worker and the device its
+    trainer chose, then runs the trainer's epoch."""
 
     folder: Path
-    train: bool
 
     def run_epoch(self, progress=None):
         context = ray.get_runtime_context()
@@ -48,17 +46,16 @@ class RecordingTrainer(FoldTrainer):
             "actor": context.get_actor_id(),
         }
         (self.folder / f"{context.get_actor_id()}-{self.fold}.json").write_text(json.dumps(record))
-        if self.train:
-            return super().run_epoch(progress)
-        cm = tuple(tuple(0 for _ in range(7)) for _ in range(7))
-        split = SplitMetrics(
-            patches=1, loss=0.5, loss_seg=0.0, loss_pattern=0.0, loss_intensity=0.0,
-            pixel_acc=0.5, dice=0.5, iou=0.5, pattern_acc=0.5, pattern_mca=0.5, intensity_acc=0.5,
-            pattern_confusion=cm, intensity_confusion=((0, 0), (0, 0)),
-        )  # fmt: skip
-        self.epoch += 1
-        return EpochMetrics(epoch=self.epoch, train=split, val=split, weights=(1.0, 1.0, 1.0),
-                            seconds=0.0)  # fmt: skip
+        return super().run_epoch(progress)
+
+
+class RecordingTrainer(Recording, FoldTrainer):
+    """A FoldTrainer, recorded: its device is FoldTrainer's choice, and it trains."""
+
+
+class RecordingScript(Recording, ScriptedTrainer):
+    """A scripted trainer, recorded: where only the placement is under test, its workers
+    neither import smp nor build a model (seconds of CPU each)."""
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +138,14 @@ def test_the_smoke_study_fills_fake_gpus(gpu_node, tmp_path, gpus, fraction):
     gpu_node(num_cpus=6, num_gpus=gpus)
     records = tmp_path / "records"
     records.mkdir()
-    RecordingTrainer.folder = records
-    RecordingTrainer.train = gpus == 1  # the new user's machine trains for real
+    Recording.folder = records
+    # The new user's machine trains for real (FoldTrainer's choice of device is under test).
+    trainer = RecordingTrainer if gpus == 1 else RecordingScript
     study = dataclasses.replace(smoke(), train=smoke().train.replace(epochs=1, device="auto"))
     # One configuration: the placement, not the grid, is under test.
     study = dataclasses.replace(study, configurations=study.configurations[:1])
     study = prepare_data(study, tmp_path)
-    epochs, trials = run_study(StudyRequest(study, tmp_path, trainer=RecordingTrainer))
+    epochs, trials = run_study(StudyRequest(study, tmp_path, trainer=trainer))
     assert (trials.status == "completed").all() and len(trials) == len(study.configurations)
     seen = [json.loads(p.read_text()) for p in records.glob("*.json")]
     assert len(seen) == 5 * len(study.configurations)
@@ -168,8 +166,7 @@ def test_a_24_gib_gpu_runs_the_study_whose_folds_do_not_fit_side_by_side(
     cluster = gpu_node(num_cpus=1, num_gpus=1, resources={"gpu_memory_gib": 24})
     records = tmp_path / "records"
     records.mkdir()
-    RecordingTrainer.folder = records
-    RecordingTrainer.train = True  # real folds, sharing the trial's process
+    Recording.folder = records  # real folds, sharing the trial's process
     args = ["--preset", "smoke", "--results", str(tmp_path), "--address", cluster.address,
             "--storage-shared", "--fold-memory-gib", "10", "--set", "epochs=1"]  # fmt: skip
     asked = request(parse_args(args))
