@@ -187,3 +187,16 @@ def test_the_public_name_check_catches_private_imports(tmp_path):
 def test_every_public_name_resolves():
     for name in mtl.__all__:
         assert getattr(mtl, name) is not None, name
+
+
+def test_the_commands_that_need_no_model_load_no_torch():
+    """`python -m study.run --help` and making, importing and checking a store answer in a
+    fraction of a second: neither the driver's command line nor mtl.data's store code
+    imports torch (the trials' processes do)."""
+    code = (
+        "import sys; import study.run, mtl.data.__main__\n"
+        "from mtl.data import open_store, split_rows, build_synthetic_store\n"
+        "print(sorted({'torch', 'albumentations', 'ray'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

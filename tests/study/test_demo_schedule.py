@@ -64,7 +64,7 @@ class SlowWarmStart(WarmStartWorst):
 
     @staticmethod
     def delay(config) -> float:
-        return 0.4 if _warm(config) else 0.0
+        return 0.15 if _warm(config) else 0.0
 
 
 @pytest.fixture(scope="module")

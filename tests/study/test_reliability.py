@@ -45,12 +45,20 @@ class HeldTrainer(ScriptedTrainer):
 
 
 # `python -m study.run ARGS` whose folds are HeldTrainers, held when the first argument is
-# "hold" (Ray's workers get the class by value, with its `hold`).
+# "hold" (Ray's workers get the class by value, with its `hold`). A stopped study's held
+# trials are killed at once: Tune would give a trial busy in its epoch 10 s to end it first,
+# which a held one never does.
 SCRIPTED_RUN = """
 import dataclasses, sys
 import study.run
+from ray.tune.execution.tune_controller import TuneController
 from tests.study.test_reliability import HeldTrainer
 HeldTrainer.hold = sys.argv.pop(1) == "hold"
+tune_init = TuneController.__init__
+def no_grace(self, *args, **kwargs):
+    tune_init(self, *args, **kwargs)
+    self._actor_force_cleanup_timeout = 0
+TuneController.__init__ = no_grace
 asked = study.run.request
 study.run.request = lambda args: dataclasses.replace(asked(args), trainer=HeldTrainer)
 sys.exit(study.run.main(sys.argv[1:]))
