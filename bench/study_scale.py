@@ -1,7 +1,7 @@
 """Whether the driver stays flat as a study grows: N scripted trials, timed as they end.
 
     python bench/study_scale.py --trials 1000 --json scale.json     # the target: ratio <= 1.5
-    python bench/study_scale.py --trials 40                         # CI-sized
+    python bench/study_scale.py --trials 20 --epochs 1              # CI-sized
 
 A study of N configurations (a grid over `lr`, no early stopping), each trained on 5 folds
 for a few epochs by a scripted trainer: no torch training, so what is timed is the driver

@@ -107,8 +107,8 @@ def test_study_efficiency(run_bench):
 
 
 def test_study_scale(run_bench):
-    result = run_bench("study_scale.py", "--trials", "30", "--epochs", "1")
-    assert result["trials"] == result["completed"] == 30 and result["folds"] == 5
+    result = run_bench("study_scale.py", "--trials", "20", "--epochs", "1")
+    assert result["trials"] == result["completed"] == 20 and result["folds"] == 5
     for part in ("s_per_trial", "harness_s", "tune_state_s"):
         assert result[f"first_tenth_{part}"] >= 0 and result[f"last_tenth_{part}"] >= 0
     assert result["first_tenth_s_per_trial"] > 0

@@ -1,5 +1,5 @@
 """The smoke study end to end on a local Ray: both Parquet files, with every row. The study
-is the session's (tests/study/conftest.py: smoke_study), run by main() as a user runs it."""
+is the session's (tests/conftest.py: smoke_study), run by main() as a user runs it."""
 
 import json
 import os

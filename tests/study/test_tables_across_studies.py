@@ -44,7 +44,7 @@ class FailingTrainer(ScriptedTrainer):
 @pytest.fixture(scope="module")
 def results(smoke_study, tmp_path_factory) -> Path:
     """RESULTS with two studies: `smoke` (segmentation loss varied, really trained, every
-    trial completed: a copy of the session's, tests/study/conftest.py) and `balancers`
+    trial completed: a copy of the session's, tests/conftest.py) and `balancers`
     (balancer varied, scripted, one trial errored)."""
     results = tmp_path_factory.mktemp("results")
     shutil.copytree(smoke_study.folder, results / "smoke")
