@@ -1,7 +1,9 @@
-"""Checkpoints kept and dropped: a trial keeps its latest two while it trains (Tune's
-CheckpointConfig, study/driver/tuner.py); once finished, only the `keep_checkpoints` best trials
-keep one, their latest (every fold's final weights, for study.results.export and the test estimate).
-Works on any storage pyarrow reaches (a folder, s3://, gs://).
+"""Checkpoints kept and dropped, by the driver (Tune itself keeps every one: CheckpointConfig
+without num_to_keep, study/driver/tuner.py). While a trial trains it keeps its latest two, and
+the ones the last two saved experiment states name; once finished, only the
+`keep_checkpoints` best trials keep one, their latest (every fold's final weights, for
+study.results.export and the test estimate). Works on any storage pyarrow reaches (a folder,
+s3://, gs://).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import bisect
 import logging
 import math
 import re
+from collections import deque
 
 import pandas as pd
 from pyarrow import fs
@@ -21,22 +24,58 @@ from study.storage import filesystem_and_path
 
 logger = logging.getLogger(__name__)
 TRIAL_ID = re.compile(r"_([0-9a-z]+_\d{5})_")  # Tune's trial ids: PREFIX_NNNNN
+LATEST_KEPT = 2  # a running trial's latest two: one that fails to load gives way to the other
+SAVES_REMEMBERED = 2  # experiment states whose checkpoints stay: the last, and the one before
 
 
 class CheckpointKeeper(Callback):
-    """Drops finished trials' checkpoints beyond the `keep_checkpoints` best as each trial
-    ends, not only when the study does: the disk holds the running trials' checkpoints and
-    the kept ones (study.driver.memory.disk_need), not every finished trial's. A trial
-    outside the best N when it is dropped can never re-enter them: later trials only push it
-    down. A trial end touches the folders of that trial and of the one it pushes out, no
-    others: the cost does not grow with the study."""
+    """Drops checkpoints as the study goes, at a cost that does not grow with it.
+
+    A running trial, at each new checkpoint: all but its latest two and those named by the
+    last two saved experiment states (from which a killed driver resumes: Tune saves that
+    state now and then, so it may name an older checkpoint; the one before the last, in case
+    the last never reached the storage). Tune's own `num_to_keep` does the first but forces
+    a save of the whole experiment state whenever a trial has checkpointed that often, which
+    makes a study's cost grow with the square of its trials (docs/performance.md).
+
+    A finished trial, as it ends: beyond the `keep_checkpoints` best, all; among them, all
+    but the latest. The disk holds the running trials' checkpoints and the kept ones
+    (study.driver.memory.disk_need), not every finished trial's. A trial outside the best N
+    when it is dropped can never re-enter them: later trials only push it down. A trial end
+    touches the folders of that trial and of the one it pushes out, no others."""
 
     def __init__(self, study: StudyConfig, experiment: str):
         self.study, self.experiment = study, experiment
         self.kept: list[tuple[tuple, object]] = []  # (rank, trial) of the best, best first
+        self.running: dict[str, object] = {}  # trial id -> the running trial
+        self.named: dict[str, deque] = {}  # trial id -> checkpoints the saved states name
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "kept": []}  # Trials are the driver's; a restore starts anew
+        # Trials are the driver's; a restore starts anew
+        return {**self.__dict__, "kept": [], "running": {}, "named": {}}
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        self.running[trial.trial_id] = trial
+        self.named.setdefault(trial.trial_id, deque(maxlen=SAVES_REMEMBERED))
+        self.drop_running(trial)
+
+    def get_state(self) -> None:
+        """Called by Tune as it saves its experiment state: each running trial's latest
+        checkpoint is the one that state names. Nothing of this callback is saved."""
+        for trial_id, trial in self.running.items():
+            if trial.checkpoint is not None:
+                self.named[trial_id].append(trial.checkpoint.path)
+        return None
+
+    def drop_running(self, trial) -> None:
+        named = {path.rstrip("/") for path in self.named.get(trial.trial_id, ())}
+        try:
+            filesystem = trial.storage.storage_filesystem
+            for path in trial_checkpoints(filesystem, trial.path)[:-LATEST_KEPT]:
+                if path.rstrip("/") not in named:
+                    filesystem.delete_dir(path)
+        except OSError as error:  # e.g. a storage hiccup: the next checkpoint tries again
+            logger.warning("checkpoints of trial %s not dropped yet: %s", trial.trial_id, error)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.finished(trial, "TERMINATED")
@@ -45,8 +84,11 @@ class CheckpointKeeper(Callback):
         self.finished(trial, "ERROR")
 
     def finished(self, trial, tune_status: str) -> None:
+        self.running.pop(trial.trial_id, None)
+        self.named.pop(trial.trial_id, None)
         keep = self.study.keep_checkpoints
-        if keep == 0:
+        if keep == 0:  # every trial keeps its latest two
+            self.drop(trial, keep_latest=LATEST_KEPT)
             return
         result = trial.last_result or {}
         epochs = self.study.train.replace(**train_overrides(trial.config)).epochs
@@ -77,10 +119,15 @@ def rank(status: str, cv_score: float | None) -> tuple:
     return (status != "completed", -score)
 
 
+def trial_checkpoints(filesystem: fs.FileSystem, folder: str) -> list[str]:
+    """A trial's checkpoint folders, oldest first."""
+    items = filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
+    return sorted(i.path for i in items if i.base_name.startswith("checkpoint_"))
+
+
 def drop_trial_checkpoints(filesystem: fs.FileSystem, folder: str, keep_latest: int) -> list[str]:
     """Delete a trial's checkpoints but its `keep_latest` latest; the paths deleted."""
-    items = filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
-    checkpoints = sorted(i.path for i in items if i.base_name.startswith("checkpoint_"))
+    checkpoints = trial_checkpoints(filesystem, folder)
     doomed = checkpoints[: len(checkpoints) - keep_latest] if keep_latest else checkpoints
     for path in doomed:
         filesystem.delete_dir(path)

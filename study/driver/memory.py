@@ -31,7 +31,7 @@ GIB = 2**30
 FIGURES = Path(__file__).parents[1] / "data" / "fold_memory.csv"
 # What a fold worker's memory depends on (the data and the optimizer's settings do not).
 MODEL_KEY = ("encoder", "head", "head_hidden", "image_size", "batch_size", "balancer")
-# Tune keeps a running trial's latest two checkpoints (study/driver/tuner.py, build_tuner).
+# A running trial keeps its latest two checkpoints (study/driver/checkpoints.py).
 CHECKPOINTS_PER_RUNNING_TRIAL = 2
 PROBE_TIMEOUT_S = 300.0
 

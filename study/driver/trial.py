@@ -96,7 +96,8 @@ def run_trial(overrides: dict, *, setup: TrialSetup) -> None:
 def restore(workers: Folds, checkpoint: tune.Checkpoint, folds: tuple[str, ...]) -> int:
     """Load the trial's latest checkpoint into its folds and return its epoch. One that fails
     to load (a truncated file, a lost write) gives way to the one before it, with a warning:
-    Tune keeps two (build_tuner), and the epochs between are trained again."""
+    a running trial keeps two (study/driver/checkpoints.py), and the epochs between are
+    trained again (an epoch's fold log is replaced, never doubled)."""
     candidates = [checkpoint, *earlier_checkpoints(checkpoint)]
     for i, candidate in enumerate(candidates):
         try:

@@ -116,10 +116,11 @@ def build_tuner(prepared: PreparedStudy):
             verbose=2 if prepared.verbose else 0,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            # The latest two checkpoints: a trial whose latest fails to load (a truncated
-            # file) resumes from the one before (trial.restore). Every new one also syncs the
-            # experiment state, so a killed driver resumes from where its trials really were.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # Tune keeps every checkpoint; CheckpointKeeper drops them (its num_to_keep would
+            # force a save of the whole experiment state at every few checkpoints: a cost that
+            # grows with the study, docs/performance.md). Tune saves that state every 10 s or
+            # more; a killed driver's trials resume from the checkpoints it names.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         ),
     )
     return _set_callbacks(tuner, this_run)

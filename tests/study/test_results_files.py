@@ -153,3 +153,44 @@ def test_the_api_takes_typed_overrides_as_they_are(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no TrainConfig field epochz"):
         study.run_preset("smoke", tmp_path, overrides={"epochz": 3})
     assert isinstance(TrainConfig().decoder_channels, tuple)
+
+
+def test_a_running_trial_keeps_its_latest_two_and_those_the_saved_states_name(tmp_path):
+    """Tune saves its experiment state now and then (the keeper hears of each save through
+    get_state); a killed driver resumes from the checkpoints the last saved states name, so
+    those stay beside the latest two until two later saves name others."""
+    keeper = CheckpointKeeper(smoke(), "")  # keep_checkpoints=1
+    trial = _trial(tmp_path, "abcde_00000", 0.5, checkpoints=2)
+    folder = Path(trial.path)
+
+    def checkpoint(i: int) -> None:  # trial i's checkpoint lands, Tune tells the callbacks
+        (folder / f"checkpoint_{i:06d}").mkdir()
+        keeper.on_checkpoint(0, [trial], trial, None)
+
+    def saved(i: int) -> None:  # Tune saves its experiment state: it names checkpoint i
+        trial.checkpoint = SimpleNamespace(path=str(folder / f"checkpoint_{i:06d}"))
+        assert keeper.get_state() is None  # nothing of the keeper's own is saved
+
+    def left() -> list[int]:
+        return sorted(int(p.name.removeprefix("checkpoint_")) for p in folder.iterdir())
+
+    keeper.on_checkpoint(0, [trial], trial, None)
+    assert left() == [0, 1]
+    saved(1)
+    checkpoint(2)
+    assert left() == [1, 2]
+    checkpoint(3)
+    assert left() == [1, 2, 3]  # 1: the last saved state names it
+    saved(3)
+    checkpoint(4)
+    assert left() == [1, 3, 4]  # 1 and 3: the last two saved states name them
+    saved(4)
+    checkpoint(5)
+    assert left() == [3, 4, 5]
+    keeper.on_trial_complete(0, [trial], trial)
+    assert left() == [5]  # finished and among the best one: its latest
+
+    every = CheckpointKeeper(study.StudyConfig(**{**vars(smoke()), "keep_checkpoints": 0}), "")
+    other = _trial(tmp_path, "abcde_00001", 0.5, checkpoints=4)
+    every.on_trial_complete(0, [other], other)
+    assert _left(other) == 2  # --keep-checkpoints 0: every trial keeps its latest two
