@@ -47,35 +47,24 @@ class CheckpointKeeper(Callback):
     def __init__(self, study: StudyConfig, experiment: str):
         self.study, self.experiment = study, experiment
         self.kept: list[tuple[tuple, object]] = []  # (rank, trial) of the best, best first
-        self.running: dict[str, object] = {}  # trial id -> the running trial
-        self.named: dict[str, deque] = {}  # trial id -> checkpoints the saved states name
+        # trial id -> (the running trial, the checkpoints the last saved states name)
+        self.running: dict[str, tuple[object, deque]] = {}
 
     def __getstate__(self) -> dict:
         # Trials are the driver's; a restore starts anew
-        return {**self.__dict__, "kept": [], "running": {}, "named": {}}
+        return {**self.__dict__, "kept": [], "running": {}}
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-        self.running[trial.trial_id] = trial
-        self.named.setdefault(trial.trial_id, deque(maxlen=SAVES_REMEMBERED))
-        self.drop_running(trial)
+        _, named = self.running.setdefault(trial.trial_id, (trial, deque(maxlen=SAVES_REMEMBERED)))
+        self.drop(trial, keep_latest=LATEST_KEPT, keep=named)
 
     def get_state(self) -> None:
         """Called by Tune as it saves its experiment state: each running trial's latest
         checkpoint is the one that state names. Nothing of this callback is saved."""
-        for trial_id, trial in self.running.items():
+        for trial, named in self.running.values():
             if trial.checkpoint is not None:
-                self.named[trial_id].append(trial.checkpoint.path)
+                named.append(trial.checkpoint.path)
         return None
-
-    def drop_running(self, trial) -> None:
-        named = {path.rstrip("/") for path in self.named.get(trial.trial_id, ())}
-        try:
-            filesystem = trial.storage.storage_filesystem
-            for path in trial_checkpoints(filesystem, trial.path)[:-LATEST_KEPT]:
-                if path.rstrip("/") not in named:
-                    filesystem.delete_dir(path)
-        except OSError as error:  # e.g. a storage hiccup: the next checkpoint tries again
-            logger.warning("checkpoints of trial %s not dropped yet: %s", trial.trial_id, error)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.finished(trial, "TERMINATED")
@@ -85,7 +74,6 @@ class CheckpointKeeper(Callback):
 
     def finished(self, trial, tune_status: str) -> None:
         self.running.pop(trial.trial_id, None)
-        self.named.pop(trial.trial_id, None)
         keep = self.study.keep_checkpoints
         if keep == 0:  # every trial keeps its latest two
             self.drop(trial, keep_latest=LATEST_KEPT)
@@ -101,10 +89,11 @@ class CheckpointKeeper(Callback):
         for t in pushed_out:
             self.drop(t, keep_latest=0)
 
-    def drop(self, trial, keep_latest: int) -> None:
+    def drop(self, trial, keep_latest: int, keep=()) -> None:
         try:
-            drop_trial_checkpoints(trial.storage.storage_filesystem, trial.path, keep_latest)
-        except OSError as error:  # e.g. a checkpoint Tune removed meanwhile: the end retries
+            filesystem = trial.storage.storage_filesystem
+            drop_trial_checkpoints(filesystem, trial.path, keep_latest, keep)
+        except OSError as error:  # e.g. a storage hiccup: a later checkpoint or end retries
             logger.warning("checkpoints of trial %s not dropped yet: %s", trial.trial_id, error)
 
 
@@ -125,10 +114,15 @@ def trial_checkpoints(filesystem: fs.FileSystem, folder: str) -> list[str]:
     return sorted(i.path for i in items if i.base_name.startswith("checkpoint_"))
 
 
-def drop_trial_checkpoints(filesystem: fs.FileSystem, folder: str, keep_latest: int) -> list[str]:
-    """Delete a trial's checkpoints but its `keep_latest` latest; the paths deleted."""
+def drop_trial_checkpoints(
+    filesystem: fs.FileSystem, folder: str, keep_latest: int, keep=()
+) -> list[str]:
+    """Delete a trial's checkpoints but its `keep_latest` latest and the paths in `keep`;
+    the paths deleted."""
     checkpoints = trial_checkpoints(filesystem, folder)
-    doomed = checkpoints[: len(checkpoints) - keep_latest] if keep_latest else checkpoints
+    older = checkpoints[: len(checkpoints) - keep_latest] if keep_latest else checkpoints
+    kept = {path.rstrip("/") for path in keep}
+    doomed = [path for path in older if path.rstrip("/") not in kept]
     for path in doomed:
         filesystem.delete_dir(path)
     return doomed

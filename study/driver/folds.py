@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from importlib import metadata
 
 import ray
 import torch
@@ -24,13 +23,6 @@ from mtl import (
     train_epochs,
 )
 from study.storage import fetch_store, store_cache
-
-# Read from the installed packages: importing segmentation-models-pytorch costs seconds, in
-# every trial process, and a scripted trainer (the tests') needs none of it.
-VERSIONS = {
-    "torch": torch.__version__,
-    "segmentation_models_pytorch": metadata.version("segmentation_models_pytorch"),
-}
 
 
 def allotted_device(device: str) -> str:

@@ -26,7 +26,8 @@ from mtl import (
     checkpoint_due,
     checkpoint_name,
 )
-from study.driver.folds import VERSIONS, FoldWorker, TrialSetup
+from study.driver.checkpoints import trial_checkpoints
+from study.driver.folds import FoldWorker, TrialSetup
 from study.provenance import environment
 from study.results.foldlog import epoch_report, fold_log_entry, write_fold_log
 from study.results.tables import train_overrides
@@ -69,6 +70,9 @@ def run_trial(overrides: dict, *, setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     folds, store_hash = setup.folds, setup.store_hash
     versions = environment(setup.code)
+    checkpoint_versions = {  # what study.results.export records in model.json
+        "torch": versions["torch"], "segmentation_models_pytorch": versions["smp"],
+    }  # fmt: skip
     workers = Folds(config, setup)
     checkpoint = tune.get_checkpoint()
     # Epochs completed; a resumed or retried trial continues from its checkpoint.
@@ -88,7 +92,7 @@ def run_trial(overrides: dict, *, setup: TrialSetup) -> None:
         with tempfile.TemporaryDirectory() as folder:
             for fold, state in zip(folds, states, strict=True):
                 (Path(folder) / checkpoint_name(fold)).write_bytes(state)
-            meta = {"epoch": epoch, "store_hash": store_hash, "versions": VERSIONS}
+            meta = {"epoch": epoch, "store_hash": store_hash, "versions": checkpoint_versions}
             (Path(folder) / "trial.json").write_text(json.dumps(meta))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
 
@@ -122,16 +126,9 @@ def restore(workers: Folds, checkpoint: tune.Checkpoint, folds: tuple[str, ...])
 
 def earlier_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     """The trial's other checkpoints older than `checkpoint`, newest first."""
-    from pyarrow import fs
-
     parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
-    found = checkpoint.filesystem.get_file_info(fs.FileSelector(parent))
-    names = sorted(
-        (f.base_name for f in found if f.type == fs.FileType.Directory),
-        reverse=True,
-    )
     return [
-        tune.Checkpoint(path=f"{parent}/{other}", filesystem=checkpoint.filesystem)
-        for other in names
-        if other.startswith("checkpoint_") and other < name
+        tune.Checkpoint(path=path, filesystem=checkpoint.filesystem)
+        for path in reversed(trial_checkpoints(checkpoint.filesystem, parent))
+        if path.rstrip("/").rsplit("/", 1)[1] < name
     ]

@@ -53,7 +53,7 @@ def build_tuner(prepared: PreparedStudy):
         # The driver's, on every trial: what a node's own copy says may differ or be
         # missing (a job's uploaded working_dir has no .git).
         code=code_version(),
-        **({"trainer": prepared.trainer} if prepared.trainer else {}),
+        trainer=prepared.trainer,
     )
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), placement.resources

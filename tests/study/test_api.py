@@ -26,10 +26,6 @@ COMMANDS = {
 }
 
 
-def _run(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
-
-
 def _run_all(*commands: list[str]) -> list[subprocess.CompletedProcess]:
     """The commands run at once; each one's CompletedProcess."""
     running = [
@@ -77,5 +73,6 @@ def test_hep2_study_prints_what_python_m_study_run_prints():
 
 def test_import_study_starts_nothing_heavy():
     code = "import sys, study; print('torch' in sys.modules, 'ray' in sys.modules)"
-    assert _run(sys.executable, "-c", code).stdout.split() == ["False", "False"]
+    (done,) = _run_all([sys.executable, "-c", code])
+    assert done.stdout.split() == ["False", "False"]
     assert {"run_preset", "load", "tables", "StudyConfig", "PRESETS"} <= set(dir(study))

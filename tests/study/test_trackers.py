@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import ray.cloudpickle
 
+from mtl import ScriptedTrainer
 from study.run import main
 from study.spec.presets import get_preset
 from study.spec.record import study_record
 from study.trackers.backends import check_trackers, trial_params, wandb_mode, wandb_run_id
 from study.trackers.callbacks import StudyMLflowCallback, StudyWandbCallback
-from tests.study.test_scheduling import ScriptedTrainer
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers can't import tests
 
