@@ -6,7 +6,7 @@
 1. The machine: GPU, driver, torch, CUDA and cuDNN versions.
 2. The tests marked `gpu` (tests/test_gpu.py): a bf16 + channels_last + fused-Adam fold that
    learns, GradNorm's gradient norms under bf16 against fp32, checkpoint and resume, two fold
-   workers sharing the GPU.
+   workers sharing the GPU (skipped on --cpu, where step 6 packs five on a declared GPU).
 3. Host synchronisations per training step, counted by CUDA (torch.cuda.set_sync_debug_mode).
 4. bench/gpu_throughput.py: EfficientNet-B4 at 384 px, fp32 / bf16 / bf16+channels_last /
    +compile, batch 8/16/32, and 1, 2 and 5 workers on the one GPU with peak memory each.

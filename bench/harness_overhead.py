@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         trainer = FoldTrainer(config, "A")
         # The bare side: the same model and optimizer state, batches materialised up front.
         model = copy.deepcopy(trainer.model)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        optimizer = torch.optim.Adam(model.parameters(), **trainer.optimizer.defaults)
         val_batches = list(trainer.val_loader)
 
         engine, bare = [], []

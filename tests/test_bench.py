@@ -43,6 +43,16 @@ def test_balancer_cost(run_bench):
     assert {"encoder", "image_size", "batch", "steps"} <= set(tiny)
 
 
+def test_cpu_step(run_bench):
+    result = run_bench(
+        "cpu_step.py", "--encoder", "tu-mobilenetv3_small_050", "--threads", "1",
+        "--steps", "1", "--warmup", "0",
+    )  # fmt: skip
+    (variants,) = result["threads"].values()
+    assert variants["unfused, NCHW"]["ratio"] == 1.0
+    assert len(variants) == 4 and all(v["seconds_per_step"] > 0 for v in variants.values())
+
+
 def test_dataloader(run_bench):
     result = run_bench("dataloader.py", "--size", "64", "--patients", "2", "--epochs", "1")
     speeds = result["patches_per_second_per_worker"]
@@ -72,7 +82,7 @@ def test_the_gpu_check_dry_run_on_a_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["cpu_dry_run"] and report["machine"]["torch"]
-    assert report["tests"]["passed"] and "5 passed" in report["tests"]["summary"]
+    assert report["tests"]["passed"] and "4 passed, 1 skipped" in report["tests"]["summary"]
     throughput = report["throughput"]
     assert throughput["device"] == "cpu" and throughput["gflop_per_training_patch"] > 0
     (row,) = throughput["variants"]

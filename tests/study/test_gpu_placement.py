@@ -139,19 +139,18 @@ def test_the_smoke_study_fills_fake_gpus(gpu_node, tmp_path, gpus, fraction):
     records = tmp_path / "records"
     records.mkdir()
     Recording.folder = records
-    # The new user's machine trains for real (FoldTrainer's choice of device is under test).
-    trainer = RecordingTrainer if gpus == 1 else RecordingScript
     study = dataclasses.replace(smoke(), train=smoke().train.replace(epochs=1, device="auto"))
     # One configuration: the placement, not the grid, is under test.
     study = dataclasses.replace(study, configurations=study.configurations[:1])
     study = prepare_data(study, tmp_path)
-    epochs, trials = run_study(StudyRequest(study, tmp_path, trainer=trainer))
+    # Scripted folds: the fractions are under test. FoldTrainer's own choice of device on a
+    # GPU fold worker is the 24 GiB test's (which trains for real).
+    epochs, trials = run_study(StudyRequest(study, tmp_path, trainer=RecordingScript))
     assert (trials.status == "completed").all() and len(trials) == len(study.configurations)
     seen = [json.loads(p.read_text()) for p in records.glob("*.json")]
     assert len(seen) == 5 * len(study.configurations)
     for record in seen:
         assert record["resources"]["GPU"] == pytest.approx(fraction)
-        assert record["device"] == "cpu"  # a declared GPU without CUDA: auto stays on the CPU
     assert len({r["actor"] for r in seen}) == len(seen)  # a worker per fold
     assert set(epochs.trial_id) == set(trials.trial_id)
 
@@ -162,13 +161,15 @@ def test_a_24_gib_gpu_runs_the_study_whose_folds_do_not_fit_side_by_side(
     """One GPU declaring 24 GiB and fold workers of 10 GiB (the command line's
     --fold-memory-gib): two fit, a trial has five. The five folds of a trial share one
     process, which holds the GPU, and the study runs to the end. One configuration, one
-    epoch, one CPU (one torch thread): the placement is under test."""
+    epoch, one CPU (one torch thread): the placement is under test, and FoldTrainer's choice
+    of device (auto) on a fold worker allotted a GPU that has no CUDA."""
     cluster = gpu_node(num_cpus=1, num_gpus=1, resources={"gpu_memory_gib": 24})
     records = tmp_path / "records"
     records.mkdir()
     Recording.folder = records  # real folds, sharing the trial's process
     args = ["--preset", "smoke", "--results", str(tmp_path), "--address", cluster.address,
-            "--storage-shared", "--fold-memory-gib", "10", "--set", "epochs=1"]  # fmt: skip
+            "--storage-shared", "--fold-memory-gib", "10", "--set", "epochs=1",
+            "--set", "device=auto"]  # fmt: skip
     asked = request(parse_args(args))
     assert asked.study.fold_memory_gib == 10.0
     study = dataclasses.replace(asked.study, configurations=asked.study.configurations[:1])
@@ -183,6 +184,6 @@ def test_a_24_gib_gpu_runs_the_study_whose_folds_do_not_fit_side_by_side(
     assert len(seen) == 5 and len({r["actor"] for r in seen}) == 1  # one process
     for record in seen:
         assert record["resources"]["GPU"] == 1
-        assert record["device"] == "cpu"
+        assert record["device"] == "cpu"  # a declared GPU without CUDA: auto stays on the CPU
     runs = json.loads((tmp_path / "smoke" / "study.json").read_text())["provenance"]["runs"]
     assert runs[0]["settings"]["fold_memory_gib"] == 10.0
