@@ -299,4 +299,5 @@ def balancer_from_config(
 ) -> Balancer:
     """The balancer `config` names, with the configuration's values of the fields it reads."""
     cls = BALANCERS[config.balancer]
-    return cls(list(shared_parameters), **{field: getattr(config, field) for field in cls.reads})
+    fields = {field: getattr(config, field) for field in cls.reads}
+    return cls(list(shared_parameters), num_tasks=len(config.tasks), **fields)

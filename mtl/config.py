@@ -14,6 +14,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from mtl.schema import TASKS
+
 # A field with a closed set of values: its names, here without torch, so that a configuration
 # is made and checked without loading the code that builds it. Each name's factory lives with
 # that code, in a registry that checks on import that it has exactly these names
@@ -102,6 +104,10 @@ class TrainConfig:
     head: str = "flatten"
     head_hidden: int = 512
     image_size: int = 384
+    # The tasks trained (any non-empty subset of TASKS, kept in TASKS order): all three, or
+    # fewer for a single-task baseline. The model keeps every head; only these tasks' losses
+    # are trained and balanced, and the other tasks' metrics are null.
+    tasks: tuple[str, ...] = TASKS
     # Optimisation.
     seg_loss: str = "dice"
     balancer: str = "equal"
@@ -125,6 +131,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in CHOICES:
             check_choice(name, getattr(self, name))
+        # In TASKS order (a frozen field, set once here): seg,intensity and intensity,seg
+        # are one configuration.
+        object.__setattr__(self, "tasks", _check_tasks(self.tasks))
         for name in ("num_folds", "encoder_depth", "head_hidden", "image_size", "epochs",
                      "checkpoint_every"):  # fmt: skip
             _check_positive(name, getattr(self, name))
@@ -269,6 +278,21 @@ def parse_value(key: str, text: str, hint: object) -> object:
         name = getattr(hint, "__name__", hint)
         raise ValueError(f"--set {key}={text}: not a valid {name}") from None
     raise ValueError(f"--set {key}: fields of type {hint} cannot be set from the command line")
+
+
+def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
+    """`tasks` in TASKS order, or a ValueError naming what is wrong."""
+    if isinstance(tasks, str) or not tasks:
+        raise ValueError(f"tasks must name at least one of {', '.join(TASKS)}; got {tasks!r}")
+    for task in tasks:
+        if task not in TASKS:
+            close = difflib.get_close_matches(str(task), TASKS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"tasks: {task!r} is not a task; the tasks are "
+                             f"{', '.join(TASKS)}{hint}")  # fmt: skip
+        if list(tasks).count(task) > 1:
+            raise ValueError(f"tasks names {task!r} twice: {tuple(tasks)}")
+    return tuple(task for task in TASKS if task in tasks)
 
 
 def _check_positive(name: str, value: float) -> None:

@@ -20,6 +20,27 @@ from mtl.labels import INTENSITIES, PATTERNS
 
 NAN = math.nan
 TASKS = ("seg", "pattern", "intensity")  # the order of losses and task weights everywhere
+# The SplitMetrics numbers and confusion matrices of each task: null (NaN, no matrix) where
+# a fold does not train the task (TrainConfig.tasks: a single-task baseline, or a pair).
+TASK_METRICS = {
+    "seg": ("loss_seg", "pixel_acc", "dice", "iou"),
+    "pattern": ("loss_pattern", "pattern_acc", "pattern_mca", "image_pattern_acc",
+                "image_pattern_mca", "patient_pattern_acc", "patient_pattern_mca"),
+    "intensity": ("loss_intensity", "intensity_acc", "image_intensity_acc",
+                  "patient_intensity_acc"),
+}  # fmt: skip
+TASK_CONFUSIONS = {
+    "seg": (),
+    "pattern": ("pattern_confusion", "patient_pattern_confusion"),
+    "intensity": ("intensity_confusion", "patient_intensity_confusion"),
+}
+# Which way each metric is better: +1 higher (accuracies, Dice, IoU), -1 lower (losses).
+# Δm, the per-task fronts and a multi-objective search read it.
+METRIC_DIRECTIONS = {
+    **{m: 1 for task in TASKS for m in TASK_METRICS[task] if not m.startswith("loss")},
+    **{f"loss_{task}": -1 for task in TASKS},
+    "loss": -1,
+}
 VOTE_LEVELS = ("image", "patient")
 
 # The study's score, what ASHA and Optuna maximise: the mean of these validation accuracies.
@@ -88,7 +109,7 @@ def score(values, metrics: Sequence[str] = SCORE_METRICS):
 @dataclass(frozen=True, kw_only=True)
 class SplitMetrics:
     patches: int
-    loss: float  # the unweighted sum of the three task losses
+    loss: float  # the unweighted sum of the task losses (of the tasks trained)
     loss_seg: float
     loss_pattern: float
     loss_intensity: float
@@ -110,9 +131,22 @@ class SplitMetrics:
     patient_pattern_confusion: tuple[tuple[int, ...], ...] = ()  # 7x7, validation only
     patient_intensity_confusion: tuple[tuple[int, ...], ...] = ()  # 2x2, validation only
 
+    def only(self, tasks: Sequence[str]) -> SplitMetrics:
+        """These metrics of a fold that trains `tasks` only: every other task's numbers NaN
+        and its confusion matrices gone (null in every table, never zero), and `loss` the
+        sum of the trained tasks' losses."""
+        absent = [task for task in TASKS if task not in tasks]
+        changes: dict[str, object] = {m: NAN for task in absent for m in TASK_METRICS[task]}
+        changes |= {m: () for task in absent for m in TASK_CONFUSIONS[task]}
+        changes["loss"] = sum(getattr(self, f"loss_{task}") for task in tasks)
+        return dataclasses.replace(self, **changes)
+
     @property
     def pattern_recall(self) -> tuple[float, ...]:
-        """Recall of every pattern (NaN for a pattern absent from the split)."""
+        """Recall of every pattern (NaN for a pattern absent from the split, and all NaN in
+        a fold that does not train the pattern)."""
+        if not self.pattern_confusion:
+            return (NAN,) * len(PATTERNS)
         return tuple(recalls(np.asarray(self.pattern_confusion)))
 
     def flat(self) -> dict[str, float]:
@@ -163,7 +197,8 @@ class EpochMetrics:
     epoch: int  # 1-based
     train: SplitMetrics
     val: SplitMetrics
-    weights: tuple[float, ...]  # task weights at the end of the epoch, TASKS order
+    weights: tuple[float, ...]  # task weights at the end of the epoch, TASKS order (NaN:
+    # a task the fold does not train)
     skipped_steps: int = 0  # steps with a non-finite task loss, left out of the update
     seconds: float  # training and validation wall time
     data_seconds: float = 0.0  # of which the training loop waited for the data loader

@@ -136,6 +136,8 @@ class FoldTrainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=fused)
         shared = self.model.shared_parameters()
         self.balancer = balancer_from_config(config, shared).to(self.device)
+        # Positions in TASKS of the tasks trained: the balancer sees their losses only.
+        self.trained = [TASKS.index(task) for task in config.tasks]
         options = {"num_workers": config.num_workers, "pin_memory": cuda, "seed": config.seed}
         augment = build_augmentation(config.augment)
         self.train_loader = make_loader(
@@ -182,10 +184,10 @@ class FoldTrainer:
                 f"steps had a non-finite loss ({tasks}), more than max_skipped_share="
                 f"{self.config.max_skipped_share:g}; the fold diverged"
             )
-        train = sums.result()
-        self.balancer.end_epoch([train.loss_seg, train.loss_pattern, train.loss_intensity])
+        train = sums.result().only(self.config.tasks)
+        self.balancer.end_epoch([getattr(train, f"loss_{task}") for task in self.config.tasks])
         val = self.evaluate(progress)
-        for task in TASKS:
+        for task in self.config.tasks:
             if not math.isfinite(getattr(val, f"loss_{task}")):
                 raise FloatingPointError(
                     f"fold {self.fold}, epoch {self.epoch}: the validation {task} loss is not "
@@ -195,7 +197,7 @@ class FoldTrainer:
             epoch=self.epoch,
             train=train,
             val=val,
-            weights=tuple(self.balancer.weights.tolist()),
+            weights=self._task_weights(),
             skipped_steps=skipped_steps,
             seconds=time.perf_counter() - start,
             data_seconds=batches.seconds,
@@ -212,10 +214,10 @@ class FoldTrainer:
             output = self.model(batch["image"])
         losses = task_losses(output, batch, self.config.seg_loss)
         self.optimizer.zero_grad(set_to_none=True)
-        self.balancer.backward(losses)
+        self.balancer.backward([losses[i] for i in self.trained])
         if self.balancer.nonfinite_tasks:
             torch._foreach_copy_(self._buffers, self._saved_buffers)
-            return tuple(TASKS[i] for i in self.balancer.nonfinite_tasks)
+            return tuple(self.config.tasks[i] for i in self.balancer.nonfinite_tasks)
         self.optimizer.step()
         sums.update(output, batch, losses)
         return ()
@@ -240,7 +242,12 @@ class FoldTrainer:
             torch.cat(pattern_probs).cpu().numpy(),
             torch.cat(intensity_probs).cpu().numpy(),
         )
-        return sums.result(**votes)
+        return sums.result(**votes).only(self.config.tasks)
+
+    def _task_weights(self) -> tuple[float, ...]:
+        """The balancer's weights in TASKS order, NaN for a task not trained."""
+        weights = dict(zip(self.config.tasks, self.balancer.weights.tolist(), strict=True))
+        return tuple(weights.get(task, math.nan) for task in TASKS)
 
     def state_dict(self) -> dict:
         return {
