@@ -280,9 +280,13 @@ def parse_value(key: str, text: str, hint: object) -> object:
     raise ValueError(f"--set {key}: fields of type {hint} cannot be set from the command line")
 
 
-def _check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
-    """`tasks` in TASKS order, or a ValueError naming what is wrong."""
-    if isinstance(tasks, str) or not tasks:
+def _check_tasks(tasks: Sequence[str] | str) -> tuple[str, ...]:
+    """`tasks` in TASKS order, or a ValueError naming what is wrong. A string is read as
+    `--set tasks=...` writes them ("seg,intensity"): so a study's trial configurations carry
+    them, as Ray Tune would take a tuple apart into nested parameters."""
+    if isinstance(tasks, str):
+        tasks = tuple(task.strip() for task in tasks.split(",") if task.strip())
+    if not tasks:
         raise ValueError(f"tasks must name at least one of {', '.join(TASKS)}; got {tasks!r}")
     for task in tasks:
         if task not in TASKS:

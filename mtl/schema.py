@@ -45,6 +45,8 @@ VOTE_LEVELS = ("image", "patient")
 
 # The study's score, what ASHA and Optuna maximise: the mean of these validation accuracies.
 SCORE_METRICS = ("pixel_acc", "pattern_acc", "intensity_acc")
+# Each task's headline metric by default (a study's task_metrics): the score's, task by task.
+TASK_HEADLINES = dict(zip(TASKS, SCORE_METRICS, strict=True))
 # Validation metrics averaged over folds (`cv_<metric>`) in every trial's report.
 CV_METRICS = (
     "loss", "loss_seg", "loss_pattern", "loss_intensity",

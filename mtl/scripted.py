@@ -6,24 +6,28 @@ the fold and the epoch. The tests' doubles and bench/study_scale.py build on it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from mtl.schema import EpochMetrics, SplitMetrics
+from mtl.schema import TASKS, EpochMetrics, SplitMetrics
 
 PATTERN_COUNTS = tuple(tuple(0 for _ in range(7)) for _ in range(7))
 INTENSITY_COUNTS = ((0, 0), (0, 0))
 
 
-def uniform_epoch(epoch: int, value: float) -> EpochMetrics:
-    """An epoch whose every accuracy, Dice and IoU is `value` on both splits (loss 1 - value),
-    with empty confusion counts and unit task weights."""
+def uniform_epoch(epoch: int, value: float, tasks: tuple[str, ...] = TASKS) -> EpochMetrics:
+    """An epoch whose every accuracy, Dice and IoU of `tasks` is `value` on both splits
+    (losses 1 - value), with empty confusion counts and unit task weights; the other tasks'
+    metrics and weights null, as a fold that does not train them reports them."""
     split = SplitMetrics(
-        patches=1, loss=1 - value, loss_seg=0.0, loss_pattern=0.0, loss_intensity=0.0,
-        pixel_acc=value, dice=value, iou=value, pattern_acc=value, pattern_mca=value,
-        intensity_acc=value, pattern_confusion=PATTERN_COUNTS,
+        patches=1, loss=0.0, loss_seg=1 - value, loss_pattern=1 - value,
+        loss_intensity=1 - value, pixel_acc=value, dice=value, iou=value, pattern_acc=value,
+        pattern_mca=value, intensity_acc=value, pattern_confusion=PATTERN_COUNTS,
         intensity_confusion=INTENSITY_COUNTS,
-    )  # fmt: skip
-    return EpochMetrics(epoch=epoch, train=split, val=split, weights=(1.0, 1.0, 1.0), seconds=0.0)
+    ).only(tasks)  # fmt: skip
+    weights = tuple(1.0 if task in tasks else math.nan for task in TASKS)
+    return EpochMetrics(epoch=epoch, train=split, val=split, weights=weights, seconds=0.0)
 
 
 class ScriptedTrainer:
@@ -40,7 +44,7 @@ class ScriptedTrainer:
 
     def run_epoch(self, progress=None) -> EpochMetrics:
         self.epoch += 1
-        return uniform_epoch(self.epoch, self.score())
+        return uniform_epoch(self.epoch, self.score(), self.config.tasks)
 
     def state_dict(self) -> dict:
         return {"epoch": torch.tensor(self.epoch)}

@@ -154,6 +154,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default 1; needs --set folds=stratified)",
     )
     p.add_argument(
+        "--baselines",
+        action="store_true",
+        default=None,
+        help="also train the three single-task baselines (the base configuration on seg, "
+        "pattern or intensity alone, the study's epochs, folds and seeds) and report Δm, "
+        "every configuration's gain over them per task, with fold-paired verdicts",
+    )
+    p.add_argument(
         "--tracker",
         action="append",
         choices=list(TRACKERS),
@@ -190,6 +198,7 @@ def resolve_study(args: argparse.Namespace) -> StudyConfig:
         "keep_checkpoints": args.keep_checkpoints,
         "test_patients": args.test_patients,
         "repeats": args.repeats,
+        "baselines": args.baselines,
     }
     return dataclasses.replace(study, **{k: v for k, v in changes.items() if v is not None})
 

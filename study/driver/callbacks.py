@@ -155,8 +155,8 @@ class LiveView(Callback):
                 row["label"],
                 f"[{style}]{row['status']}[/]" if style else row["status"],
                 f"{row['epoch']}/{row['epochs']}",
-                "-" if row["score"] is None else f"{row['score']:.3f}",
-                "-" if row["best"] is None else f"{row['best']:.3f}",
+                _score(row["score"]),
+                _score(row["best"]),
             )
         captions = []
         if len(self.rows) > len(shown):
@@ -168,4 +168,12 @@ class LiveView(Callback):
 
 
 def _short(value) -> str:
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return ",".join(value)  # tasks, as --set writes them
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _score(value: float | None) -> str:
+    """A score as the live view shows it: '-' for none yet, or none at all (a single-task
+    baseline's score, the mean of three tasks' metrics, is NaN)."""
+    return "-" if value is None or value != value else f"{value:.3f}"

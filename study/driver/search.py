@@ -15,6 +15,11 @@ already finished or running is told the earlier trial's result (Optuna's recipe 
 duplicated samples: the earlier value, not a new evaluation) and another is asked for. The
 warm-start configurations are trained to the end (`WarmStartASHA`): they are what the search
 is compared with, so a study always compares them.
+
+The single-task baselines of a study (StudyConfig.baselines) are not the search's: they are
+handed to Tune before its first proposal (`WithBaselines`), Optuna never hears of them, and
+ASHA neither stops them nor counts their scores in its rungs (their score, the mean of three
+tasks' metrics, is undefined with one task).
 """
 
 from __future__ import annotations
@@ -229,6 +234,48 @@ def optuna_search(
     )
 
 
+def is_baseline(config: Mapping, baselines: Sequence[Mapping]) -> bool:
+    """Whether a trial's configuration is one of the single-task baselines."""
+    return any(config.get("tasks") == point["tasks"] for point in baselines)
+
+
+class WithBaselines(Searcher):
+    """A searcher whose first trials are the study's single-task baselines, then the wrapped
+    searcher's proposals. The baselines' results are never passed on: Optuna models the
+    search space, which a baseline is not a point of."""
+
+    def __init__(self, searcher: Searcher, baselines: Sequence[Mapping]):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher = searcher
+        self.baselines = [dict(b) for b in baselines]
+        self.given: list[str] = []  # the Tune trial ids the baselines went to, in order
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if len(self.given) < len(self.baselines):
+            self.given.append(trial_id)
+            return dict(self.baselines[len(self.given) - 1])
+        return self.searcher.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.given:
+            self.searcher.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id not in self.given:
+            self.searcher.on_trial_complete(trial_id, result, error)
+
+    # Tune saves a wrapper's state (as ConcurrencyLimiter's) apart from the searcher it wraps,
+    # which saves itself.
+    def get_state(self) -> dict:
+        return {"baselines": self.baselines, "given": list(self.given)}
+
+    def set_state(self, state: dict) -> None:
+        self.baselines, self.given = state["baselines"], list(state["given"])
+
+
 class WarmStartASHA(ASHAScheduler):
     """ASHA that trains the warm-start configurations to the end.
 
@@ -237,13 +284,34 @@ class WarmStartASHA(ASHAScheduler):
     (the original study's six, the demo's 2 x 2): a study that pruned them could not say
     whether the search found better, and how many configurations complete would be left to
     the order in which trials reach a rung.
+
+    The single-task baselines are in no bracket: never stopped, and their scores (undefined,
+    see the module's docstring) never compared.
     """
 
-    def __init__(self, *args, warm_start: Sequence[Mapping] = (), **kwargs):
+    def __init__(
+        self, *args, warm_start: Sequence[Mapping] = (), baselines: Sequence[Mapping] = (),
+        **kwargs,
+    ):  # fmt: skip
         super().__init__(*args, **kwargs)
         self._warm_start = [dict(point) for point in warm_start]
+        self._baselines = [dict(point) for point in baselines]
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if not is_baseline(trial.config, self._baselines):  # in no bracket, no rung
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if not is_baseline(trial.config, self._baselines):
+            super().on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        if not is_baseline(trial.config, self._baselines):
+            super().on_trial_remove(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if is_baseline(trial.config, self._baselines):
+            return TrialScheduler.CONTINUE
         decision = super().on_trial_result(tune_controller, trial, result)
         unfinished = result.get("epoch", 0) < result.get("epochs", 0)
         if decision == TrialScheduler.STOP and unfinished and self._is_warm_start(trial.config):
@@ -259,15 +327,17 @@ def asha(
     grace_period: int,
     reduction_factor: float,
     warm_start: Sequence[Mapping] = (),
+    baselines: Sequence[Mapping] = (),
 ) -> ASHAScheduler:
     """ASHA by epoch on the metric of the TuneConfig (the cross-validated score); the
-    `warm_start` configurations are never stopped (WarmStartASHA)."""
+    `warm_start` configurations are never stopped, the `baselines` never seen (WarmStartASHA)."""
     return WarmStartASHA(
         time_attr="epoch",
         max_t=max_epochs,
         grace_period=grace_period,
         reduction_factor=reduction_factor,
         warm_start=warm_start,
+        baselines=baselines,
     )
 
 

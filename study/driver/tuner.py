@@ -35,7 +35,13 @@ def build_tuner(prepared: PreparedStudy):
     from study.driver.callbacks import LiveView, ResultsWriter
     from study.driver.checkpoints import CheckpointKeeper
     from study.driver.folds import TrialSetup
-    from study.driver.search import asha, grid_search, limit_concurrency, optuna_search
+    from study.driver.search import (
+        WithBaselines,
+        asha,
+        grid_search,
+        limit_concurrency,
+        optuna_search,
+    )
     from study.driver.trial import run_trial
     from study.provenance import code_version
 
@@ -82,17 +88,27 @@ def build_tuner(prepared: PreparedStudy):
             study.name, folder, study.seed, study.space, study.train, study.warm_start,
             study.sampler,
         )  # fmt: skip
+        if study.baseline_points:
+            search_alg = WithBaselines(search_alg, study.baseline_points)
         param_space = {}
     else:
         # Each configuration is one point to evaluate; every point names every varying field
         # (the base value where it has none), so nothing is ever sampled at random.
         keys = study.varying
-        base = dataclasses.asdict(study.train)
-        points = [{k: c.get(k, base[k]) for k in keys} for c in study.configurations] or [{}]
+        # A grid's tasks as the baselines carry them (Tune would take a tuple apart).
+        base = dataclasses.asdict(study.train) | {"tasks": ",".join(study.train.tasks)}
+        configurations = (*(study.configurations or ({},)), *study.baseline_points)
+        points = [{k: c.get(k, base[k]) for k in keys} for c in configurations]
         param_space = {k: tune.choice([p[k] for p in points]) for k in keys}
         search_alg = grid_search(points, study.max_concurrent)
     scheduler = (
-        asha(study.max_epochs, study.grace_period, study.reduction_factor, study.warm_start)
+        asha(
+            study.max_epochs,
+            study.grace_period,
+            study.reduction_factor,
+            study.warm_start,
+            study.baseline_points,
+        )  # fmt: skip
         if study.scheduler == "asha"
         else None
     )

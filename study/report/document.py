@@ -28,6 +28,7 @@ from study.report.render import (
     ReportTable,
     comparison_report_table,
     fold_report_table,
+    gain_report_table,
     markdown_table,
     original_report_table,
     ranking_report_table,
@@ -40,15 +41,18 @@ from study.report.render import (
 )
 from study.report.summary import (
     Results,
+    baseline_trials,
     compare_with_original,
     configuration_labels,
     fold_statistics,
     fold_table,
+    gain_sentence,
     load_results,
     optimism_sentence,
     original_results,
     stopped_trials,
     summarise,
+    task_gains,
     warm_start_sentence,
 )
 from study.stats import DEFAULT_ROPE, best_choice_sentence, summary_sentence
@@ -86,6 +90,9 @@ def build_tables(
     trials, labels = results.trials, configuration_labels(results.trials, results.keys)
     selected = select_epochs(results.epochs, level, epoch)
     done = trials.trial_id[trials.status == "completed"]
+    # The single-task baselines have no score (the mean of three tasks' metrics): they are
+    # compared in the Δm table, not in the score's.
+    done = done[~done.isin(baseline_trials(trials).values())]
     summary = summarise(selected[selected.trial_id.isin(done)], level)
     stats = fold_statistics(results, selected, done, level, rope)
     titles = row_titles(level)
@@ -97,6 +104,9 @@ def build_tables(
             # Where the highest mean lacks a hard fold, the best is another: say why.
             sentences.append(best_choice_sentence(stats, metric, title, labels))
     sentences.append(warm_start_sentence(stats, trials, labels, results.warm_start))
+    gains = task_gains(results, selected, level, rope)
+    if gains is not None:
+        sentences.append(gain_sentence(gains, labels, rope))
     sentences = [s for s in sentences if s]
     where = f"validation, {LEVELS[level]}, {EPOCH_CHOICES[epoch]}"
     title = (
@@ -116,6 +126,13 @@ def build_tables(
             f"(Benavoli et al. 2017), rope ±{rope:g}"
         )
         tables.append(statistics_report_table(stats, labels, level, title))
+    if gains is not None:
+        title = (
+            f"{results.name}: each configuration against the single-task baselines ({where}): "
+            "Δm and each task's relative difference, mean over folds [95% interval] and "
+            f"verdict, paired by fold (rope ±{rope:g})"
+        )
+        tables.append(gain_report_table(gains, labels, title))
     recall = recall_report_table(
         selected,
         list(summary.index),

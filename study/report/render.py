@@ -329,3 +329,29 @@ def screen_view(table: ReportTable) -> ReportTable:
         return table
     keep = table.numbers.metric.isin(SCREEN_TEST_METRICS).to_numpy()
     return dataclasses.replace(table, cells=table.cells[keep])
+
+
+def gain_report_table(gains: pd.DataFrame, labels: pd.Series, title: str) -> ReportTable:
+    """One row per multi-task configuration: Δm and each task's relative difference to its
+    single-task baseline, each as mean [95% interval] and verdict (study.stats.gain)."""
+    terms = list(dict.fromkeys(gains.term))
+    metric = dict(zip(gains.term, gains.metric, strict=True))
+    rows = {}
+    for trial_id, rows_of in gains.groupby("trial_id", sort=False):
+        by_term = rows_of.set_index("term")
+        rows[labels.get(trial_id, trial_id)] = [
+            _gain_cell(by_term.loc[t]) for t in terms
+        ]  # fmt: skip
+    columns = ["Δm" if t == "delta_m" else f"{t} ({metric[t]})" for t in terms]
+    cells = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+    cells.index.name = "configuration"
+    return ReportTable("gains", title, gains, cells)
+
+
+def _gain_cell(row: pd.Series) -> str:
+    """'+3.0% [-6.2%, +12.2%] undecided'; the interval left out where too few folds have a
+    value (a baseline's metric of 0 leaves a relative difference undefined)."""
+    if pd.isna(row["mean"]):
+        return "-"
+    interval = f" [{row.ci_low:+.1%}, {row.ci_high:+.1%}]" if pd.notna(row.ci_low) else ""
+    return f"{row['mean']:+.1%}{interval} {row.verdict}"

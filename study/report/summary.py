@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtl import SCORE_METRICS, TrainConfig
+from mtl import SCORE_METRICS, TASK_HEADLINES, TASKS, TrainConfig
 from study.stats import compare_to_best
 from study.stats.selection import (
     level_metrics,
@@ -71,7 +71,10 @@ def summarise(selected: pd.DataFrame, level: str = "patch") -> pd.DataFrame:
 def value_text(value: object) -> str:
     """A configuration value as a label shows it: 0.06, dice, (64, 32, 16)."""
     if isinstance(value, np.ndarray | list | tuple):
-        return str(tuple(np.asarray(value).tolist()))
+        values = np.asarray(value).tolist()
+        if all(isinstance(v, str) for v in values):  # tasks: as --set writes them
+            return ",".join(values)
+        return str(tuple(values))
     if isinstance(value, float):
         return f"{value:.3g}"  # a searched 0.0636647... reads as 0.0637
     return str(value)
@@ -174,6 +177,8 @@ class Results:
     held_out: bool = False  # whether the study kept a test set out of every fold
     test: pd.DataFrame | None = None  # test.parquet: the chosen configuration's test estimate
     warm_start: int = 0  # how many configurations a search evaluated first
+    # Each task's headline metric (StudyConfig.task_metrics): what Δm compares.
+    task_metrics: dict[str, str] = field(default_factory=lambda: dict(TASK_HEADLINES))
     # confusions.parquet: every cell of every fold's confusion matrices, by epoch and split
     confusions: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(
@@ -187,6 +192,7 @@ def study_keys(study: dict) -> tuple[str, ...]:
     """The fields a study varies, from study.json: its configurations' keys, its search
     space's, or (older files) its grid's."""
     keys = [k for c in study.get("configurations", ()) for k in c]
+    keys += ["tasks"] if study.get("baselines") else []
     return tuple(dict.fromkeys([*keys, *study.get("space", {}), *study.get("grid", {})]))
 
 
@@ -215,6 +221,7 @@ def load_results(path: str | Path) -> Results:
         test=pd.read_parquet(test_file) if test_file.is_file() else None,
         **({"confusions": pd.read_parquet(confusions_file)} if confusions_file.exists() else {}),
         warm_start=len(study.get("warm_start", ())),
+        task_metrics=dict(study.get("task_metrics") or TASK_HEADLINES),
     )
 
 
@@ -282,3 +289,82 @@ def optimism_sentence(table: pd.DataFrame, metric: str = "score") -> str:
         f"cross-validated {row.cv:.3f}, optimism of the selection {row.optimism:+.3f} "
         f"({verdict})."
     )
+
+
+def task_counts(trials: pd.DataFrame) -> pd.Series:
+    """How many tasks each trial trains (all three in a table written before `tasks`)."""
+    if "tasks" not in trials:
+        return pd.Series(len(TASKS), index=trials.index)
+    return trials.tasks.map(lambda tasks: len(TASKS) if tasks is None else len(tasks))
+
+
+def baseline_trials(trials: pd.DataFrame) -> dict[str, str]:
+    """task -> the completed trial that trained that task alone (a single-task baseline);
+    a task with none, or with more than one (which would be ambiguous), is left out."""
+    if "tasks" not in trials:
+        return {}
+    single = trials[(trials.status == "completed") & (task_counts(trials) == 1)]
+    counts = single.tasks.map(lambda tasks: tasks[0]).value_counts()
+    return {row.tasks[0]: row.trial_id for row in single.itertuples() if counts[row.tasks[0]] == 1}
+
+
+def multi_task_trials(trials: pd.DataFrame) -> pd.Series:
+    """The completed trials that train all three tasks."""
+    done = trials[(trials.status == "completed") & (task_counts(trials) == len(TASKS))]
+    return done.trial_id
+
+
+def task_gains(
+    results: Results, selected: pd.DataFrame, level: str, rope: float
+) -> pd.DataFrame | None:
+    """Δm of every completed multi-task configuration against the study's single-task
+    baselines, with each task's relative difference (study.stats.gain.delta_m on the
+    selected epochs, each task's headline metric at `level`); None without all three
+    baselines or a configuration to compare."""
+    from study.stats.gain import delta_m
+    from study.stats.selection import level_column
+
+    baselines = baseline_trials(results.trials)
+    configurations = multi_task_trials(results.trials)
+    if set(baselines) != set(TASKS) or configurations.empty:
+        return None
+    metrics = {task: level_column(m, level) for task, m in results.task_metrics.items()}
+    keys = [c for c in ("trial_id", "repeat", "fold") if c in selected]
+    rows = selected[selected.trial_id.isin({*configurations, *baselines.values()})]
+    return delta_m(
+        rows[[*keys, *dict.fromkeys(metrics.values())]], baselines, metrics,
+        folds_per_repeat=results.num_folds, rope=rope,
+    )  # fmt: skip
+
+
+def gain_sentence(gains: pd.DataFrame, labels: pd.Series, rope: float) -> str:
+    """What Δm says in words: how many configurations that train the tasks together help,
+    hurt or cannot be told from the baselines; the largest Δm with its interval, and the
+    tasks that pay for it where the folds establish that they do."""
+    overall = gains[gains.term == "delta_m"]
+    counts = overall.verdict.value_counts()
+    told = ", ".join(
+        f"{int(counts.get(v, 0))} {v}" for v in ("helps", "hurts", "equivalent", "undecided")
+    )
+    sentence = (
+        "Training the three tasks together against each task trained alone (Δm: the mean "
+        "relative difference of the tasks' headline metrics, paired by fold, rope "
+        f"±{rope:g}): of {len(overall)} configuration(s), {told}"
+    )
+    if overall["mean"].notna().any():
+        top = overall.loc[overall["mean"].idxmax()]
+        interval = (
+            f"95% interval {top.ci_low:+.1%} to {top.ci_high:+.1%}"
+            if pd.notna(top.ci_low)
+            else f"{int(top.n_folds)} fold(s) with a value, too few for an interval"
+        )
+        sentence += (
+            f"; the largest Δm is {labels.get(top.trial_id, top.trial_id)}'s, "
+            f"{top['mean']:+.1%} ({interval}, {top.verdict})"
+        )
+        tasks = gains[(gains.trial_id == top.trial_id) & (gains.term != "delta_m")]
+        paying = [f"the {r.term} task ({r.mean:+.1%})" for r in tasks.itertuples()
+                  if r.verdict == "hurts"]  # fmt: skip
+        if paying:
+            sentence += ", paid for by " + " and ".join(paying)
+    return sentence + "."

@@ -16,7 +16,11 @@ from typing import Literal
 
 from mtl import (
     EPOCH_DEPENDENT_SCHEDULES,
+    METRIC_DIRECTIONS,
     SCORE_METRICS,
+    TASK_HEADLINES,
+    TASK_METRICS,
+    TASKS,
     SplitMetrics,
     SynthSpec,
     TrainConfig,
@@ -97,6 +101,13 @@ class StudyConfig:
     # Repeated cross-validation (Bouckaert & Frank 2004): this many k-fold splits with the
     # seeds fold_seed, fold_seed + 1, ...; every trial trains repeats x k folds.
     repeats: int = 1
+    # Single-task baselines: three more trials, the base configuration trained on one task
+    # each (tasks=seg, pattern, intensity) with the study's epochs, folds and seeds; never
+    # pruned, never told to Optuna. Δm and the per-task comparisons are against them.
+    baselines: bool = False
+    # Each task's headline metric: what Δm, the per-task fronts and `--objective tasks`
+    # compare (a metric of that task, mtl.TASK_METRICS).
+    task_metrics: Mapping[str, str] = field(default_factory=lambda: dict(TASK_HEADLINES))
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -154,6 +165,7 @@ class StudyConfig:
                 "the original study's one fixed fold table; use --set folds=stratified, or "
                 "repeats=1"
             )
+        self._check_tasks()
         if not self.train.data and self.synthetic is None:
             raise ValueError("the study needs data: set train.data (--data) or synthetic")
         for config in self.train_configs():  # every configuration must be a valid TrainConfig
@@ -179,6 +191,30 @@ class StudyConfig:
                     )
                 seen[key] = i
 
+    def _check_tasks(self) -> None:
+        if set(self.task_metrics) != set(TASKS):
+            raise ValueError(
+                f"task_metrics must give one metric for each of {', '.join(TASKS)}, "
+                f"got {dict(self.task_metrics)}"
+            )
+        for task, metric in self.task_metrics.items():
+            if metric not in TASK_METRICS[task] or metric not in METRIC_DIRECTIONS:
+                raise ValueError(
+                    f"task_metrics: {metric!r} is not a metric of the {task} task; choose "
+                    f"one of {', '.join(TASK_METRICS[task])}"
+                )
+        if self.baselines and self.train.tasks != TASKS:
+            raise ValueError(
+                f"baselines are compared with configurations that train all three tasks, "
+                f"but train.tasks is {self.train.tasks}"
+            )
+
+    @property
+    def baseline_points(self) -> tuple[dict, ...]:
+        """The single-task baselines' configurations (none without `baselines`); `tasks` as
+        `--set` writes it, the form a trial's configuration carries it in."""
+        return tuple({"tasks": task} for task in TASKS) if self.baselines else ()
+
     def _check_rungs(self) -> None:
         """ASHA compares trials at the same epoch. With a searched `epochs` and a learning-
         rate schedule whose shape depends on the total epochs, trials at a rung are at
@@ -200,9 +236,10 @@ class StudyConfig:
 
     def train_configs(self) -> list[TrainConfig]:
         """Every configuration the study may train (a search: each extreme of its domains)."""
+        baselines = [self.train.replace(**p) for p in self.baseline_points]
         if self.configurations:
-            return [self.train.replace(**c) for c in self.configurations]
-        configs = [self.train] + [self.train.replace(**p) for p in self.warm_start]
+            return [self.train.replace(**c) for c in self.configurations] + baselines
+        configs = [self.train, *baselines] + [self.train.replace(**p) for p in self.warm_start]
         for key, domain in self.space.items():
             configs += [self.train.replace(**{key: v}) for v in domain_values(domain)]
         return configs
@@ -210,8 +247,8 @@ class StudyConfig:
     @property
     def varying(self) -> tuple[str, ...]:
         """The TrainConfig fields that differ between trials."""
-        keys = dict.fromkeys(k for c in self.configurations for k in c)
-        return tuple(keys) + tuple(self.space)
+        keys = dict.fromkeys(k for c in (*self.configurations, *self.baseline_points) for k in c)
+        return tuple(keys) + tuple(k for k in self.space if k not in keys)
 
     @property
     def folds(self) -> tuple[str, ...]:
@@ -224,7 +261,8 @@ class StudyConfig:
 
     @property
     def num_trials(self) -> int:
-        return len(self.configurations) if self.configurations else self.num_samples
+        trials = len(self.configurations) if self.configurations else self.num_samples
+        return trials + len(self.baseline_points)
 
 
 def demo() -> StudyConfig:

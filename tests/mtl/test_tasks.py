@@ -17,6 +17,7 @@ from mtl.tables import epoch_frame, write_parquet
 def test_tasks_are_a_nonempty_subset_in_one_order():
     assert TrainConfig().tasks == TASKS
     assert TrainConfig(tasks=("intensity", "seg")).tasks == ("seg", "intensity")
+    assert TrainConfig(tasks="intensity,seg").tasks == ("seg", "intensity")  # as --set has it
     assert parse_overrides(["tasks=pattern"]) == {"tasks": ("pattern",)}
     assert parse_overrides(["tasks=seg,intensity"]) == {"tasks": ("seg", "intensity")}
     with pytest.raises(ValueError, match="tasks must name at least one of seg, pattern"):

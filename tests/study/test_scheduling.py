@@ -5,16 +5,20 @@ harder than the others. The best configuration's fold E is worse than weaker
 configurations' easy folds, so a scheduler that compared single folds would stop it.
 """
 
+import dataclasses
+import io
 import sys
 
 import optuna
 import pandas as pd
 import pytest
 import ray.cloudpickle
+from rich.console import Console
 
 import mtl
 from study.driver.prepare import StudyRequest, prepare_data
 from study.driver.tuner import run_study
+from study.report.document import write_report
 from study.report.summary import configuration_labels
 from study.results.tables import REPEATS
 from study.spec.presets import StudyConfig, smoke
@@ -71,6 +75,7 @@ def _assert_optuna_matches_the_tables(folder, name) -> optuna.Study:
     storage = f"sqlite:///{folder / 'optuna.db'}"
     study = optuna.load_study(study_name=name, storage=storage)
     trials = pd.read_parquet(folder / "trials.parquet")
+    trials = trials[trials.optuna_trial.notna()]  # the single-task baselines are not Optuna's
     epochs = pd.read_parquet(folder / "epochs.parquet")
     val = epochs[epochs.split == "val"]
     # The cross-validated score by epoch: the fold-mean of the score metrics, averaged.
@@ -85,7 +90,7 @@ def _assert_optuna_matches_the_tables(folder, name) -> optuna.Study:
         original = by_tune_id[repeat.user_attrs[REPEATS]]
         assert (repeat.state, repeat.value) == (original.state, original.value)
     for row in trials.itertuples():
-        trial = study.trials[row.optuna_trial]
+        trial = study.trials[int(row.optuna_trial)]
         assert trial.user_attrs["tune_trial_id"] == row.trial_id
         assert trial.user_attrs["study_folder"] == str(folder.resolve())
         assert trial.state.name == {"completed": "COMPLETE", "pruned": "PRUNED"}[row.status]
@@ -124,3 +129,68 @@ def test_an_equal_weight_trial_has_no_alpha_anywhere(ray_local, tmp_path):
             assert params["alpha"] == pytest.approx(row.alpha)
             assert "alpha=" in labels[row.trial_id]
     assert (trials.balancer == "equal").any() and (trials.balancer == "gradnorm").any()
+
+
+def test_baselines_train_to_the_end_with_the_study_budget_and_optuna_never_sees_them(
+    ray_local, tmp_path
+):
+    """--baselines: three more trials (tasks=seg, pattern, intensity) on the study's epochs
+    and folds; ASHA, which stops weak trials of this search, never stops them (their score
+    is undefined), and Optuna's study holds the searched trials only."""
+    study = StudyConfig(
+        name="baselines",
+        train=smoke().train.replace(epochs=4, balancer="gradnorm"),
+        space={"alpha": LogUniform(0.05, 1.0)},
+        num_samples=4,
+        scheduler="asha",
+        grace_period=1,
+        reduction_factor=2,
+        max_concurrent=1,
+        synthetic=smoke().synthetic,
+        baselines=True,
+    )
+    assert study.num_trials == 7
+    study = prepare_data(study, tmp_path)
+    epochs, trials = run_study(StudyRequest(study, tmp_path, trainer=ScriptedTrainer))
+    assert len(trials) == 7
+    single = trials[trials.tasks.map(len) == 1]
+    assert sorted(t[0] for t in single.tasks) == ["intensity", "pattern", "seg"]
+    assert (single.status == "completed").all() and (single.epochs_run == 4).all()
+    assert single.optuna_trial.isna().all() and single.cv_score.isna().all()
+    assert (single.alpha == study.train.alpha).all()  # the base configuration
+    for row in single.itertuples():
+        rows = epochs[epochs.trial_id == row.trial_id]
+        assert len(rows) == 5 * 4 * 2 and sorted(rows.fold.unique()) == list("ABCDE")
+        (task,) = row.tasks
+        assert rows[f"loss_{task}"].notna().all()
+        assert (
+            rows[[f"loss_{t}" for t in ("seg", "pattern", "intensity") if t != task]]
+            .isna()
+            .all(axis=None)
+        )
+    assert (trials.status == "pruned").any()  # ASHA did stop searched trials
+    optuna_study = _assert_optuna_matches_the_tables(tmp_path / "baselines", "baselines")
+    assert len(optuna_study.trials) == 4
+
+
+def test_a_grid_with_baselines_labels_them_by_their_task(ray_local, tmp_path):
+    study = dataclasses.replace(smoke(), name="grid", baselines=True)
+    study = dataclasses.replace(study, train=study.train.replace(epochs=1))
+    _, trials = run_study(StudyRequest(prepare_data(study, tmp_path), tmp_path,
+                                       trainer=ScriptedTrainer))  # fmt: skip
+    assert (trials.status == "completed").all()
+    labels = sorted(configuration_labels(trials))
+    assert labels == [
+        "tasks=intensity, seg_loss=dice", "tasks=pattern, seg_loss=dice",
+        "tasks=seg, seg_loss=dice", "tasks=seg,pattern,intensity, seg_loss=bce",
+        "tasks=seg,pattern,intensity, seg_loss=dice",
+    ]  # fmt: skip
+    # Every metric of every trial is the same scripted number, so each configuration's Δm is
+    # 0 on every fold: equivalent to training each task alone.
+    write_report(tmp_path / "grid", console=Console(file=io.StringIO()))
+    report = (tmp_path / "grid" / "report.md").read_text()
+    assert "of 2 configuration(s), 0 helps, 0 hurts, 2 equivalent, 0 undecided" in report
+    gains = pd.read_csv(tmp_path / "grid" / "gains.csv")
+    assert len(gains) == 2 * 4 and (gains.verdict == "equivalent").all()
+    assert (gains["mean"] == 0).all() and set(gains.term) == {"delta_m", "seg", "pattern",
+                                                               "intensity"}  # fmt: skip
