@@ -104,10 +104,17 @@ TEST_SCHEMA = _schema(
      *[(c, FLOAT) for c in ("cv", "cv_std", "test", "ci_low", "ci_high", "optimism")],
      *[(c, COUNT) for c in ("test_patients", "test_images", "test_patches", "folds")]],
 )  # fmt: skip
+FRONT_SCHEMA = _schema(
+    "front",
+    [("study", STRING), ("trial_id", STRING), ("task", STRING), ("metric", STRING),
+     ("n_folds", COUNT), *[(c, FLOAT) for c in ("mean", "ci_low", "ci_high")],
+     ("on_front", pa.bool_()), ("established_dominated", pa.bool_()), ("dominated_by", STRING)],
+)  # fmt: skip
 SCHEMAS: dict[str, pa.Schema] = {
     s.metadata[b"table"].decode(): s
-    for s in (EPOCHS_SCHEMA, CONFUSIONS_SCHEMA, TRIALS_SCHEMA, STATS_SCHEMA, TEST_SCHEMA)
-}
+    for s in (EPOCHS_SCHEMA, CONFUSIONS_SCHEMA, TRIALS_SCHEMA, STATS_SCHEMA, TEST_SCHEMA,
+              FRONT_SCHEMA)
+}  # fmt: skip
 
 
 def table_schema(table: str) -> pa.Schema:

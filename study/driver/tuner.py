@@ -240,16 +240,21 @@ def _ray_address() -> str | None:
 
 
 def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.DataFrame) -> None:
-    """After the trials: the fold-paired statistics (stats.parquet, stats.csv) and, with a
-    test set, the chosen configuration's test estimate (test.parquet)."""
+    """After the trials: the fold-paired statistics (stats.parquet, stats.csv), the per-task
+    front (front.parquet) and, with a test set, the chosen configuration's test estimate
+    (test.parquet)."""
+    from mtl import write_parquet
     from study.driver.holdout import evaluate_test_set
     from study.stats import compare_to_best, write_stats
+    from study.stats.front import task_front
     from study.stats.selection import study_per_fold
 
     per_fold = study_per_fold(epochs, trials)
     if len(per_fold):
         stats = compare_to_best(per_fold, folds_per_repeat=study.train.num_folds)
         write_stats(stats, folder, study.name)
+        front = task_front(per_fold, study.task_metrics, folds_per_repeat=study.train.num_folds)
+        write_parquet(front, folder / "front.parquet", "front", study.name)
     (folder / "test.parquet").unlink(missing_ok=True)  # never a stale one beside new trials
     if not study.train.held_out:
         return

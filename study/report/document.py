@@ -46,12 +46,14 @@ from study.report.summary import (
     configuration_labels,
     fold_statistics,
     fold_table,
+    front_sentence,
     gain_sentence,
     load_results,
     optimism_sentence,
     original_results,
     stopped_trials,
     summarise,
+    task_fronts,
     task_gains,
     warm_start_sentence,
 )
@@ -75,6 +77,7 @@ class Built:
     tables: list[ReportTable]  # comparison first, then the others
     folds: list[ReportTable]  # one per completed configuration
     summary: pd.DataFrame  # completed trials, best score first
+    front: pd.DataFrame | None  # study.stats.front.task_front of the multi-task trials
     stats: pd.DataFrame  # study.stats.compare_to_best of the completed trials
     sentences: list[str]  # what the statistics say, in words
     selected: pd.DataFrame  # one validation row per (trial, fold): what the tables use
@@ -107,6 +110,9 @@ def build_tables(
     gains = task_gains(results, selected, level, rope)
     if gains is not None:
         sentences.append(gain_sentence(gains, labels, rope))
+    front = task_fronts(results, selected, level, rope)
+    if front is not None:
+        sentences.append(front_sentence(front, labels, rope))
     sentences = [s for s in sentences if s]
     where = f"validation, {LEVELS[level]}, {EPOCH_CHOICES[epoch]}"
     title = (
@@ -174,7 +180,7 @@ def build_tables(
         )
         for trial_id in summary.index
     ]
-    return Built(tables, folds, summary, stats, sentences, selected)
+    return Built(tables, folds, summary, front, stats, sentences, selected)
 
 
 def draw_figures(
@@ -211,6 +217,16 @@ def draw_figures(
                 f"{results.name}: score of each completed configuration, {LEVELS[level]}, "
                 f"{EPOCH_CHOICES[epoch]}; colour: verdict against the best",
                 out / f"intervals{suffix}.png",
+            )
+        )  # fmt: skip
+    if built.front is not None:
+        figures["comparison"].append(
+            plots.task_front(
+                built.front, labels,
+                f"{results.name}: the configurations on each pair of tasks, {LEVELS[level]}, "
+                f"{EPOCH_CHOICES[epoch]}; means and 95% intervals; blue: on the front of "
+                "all tasks, light grey: established dominated",
+                out / f"front{suffix}.png",
             )
         )  # fmt: skip
     if len(summary) and f"recall_{PATTERNS[0]}" in selected:

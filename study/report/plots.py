@@ -29,6 +29,7 @@ SIZES = {
     "optuna": (9.0, 5.5),
     "intervals": (11.0, 6.0),
     "recall": (12.0, 5.0),
+    "front": (15.0, 5.2),
 }
 VERDICT_COLOURS = {
     "best": "tab:green",
@@ -355,3 +356,44 @@ def _relabel_optuna(fig, ax, names: Mapping[str, str]) -> None:
         # Parallel coordinates colour lines with Blues: the worst trials were white on grey.
         if collection.get_array() is not None:
             collection.set_cmap("viridis")
+
+
+def task_front(front: pd.DataFrame, labels: Mapping[str, str], title: str, path: Path) -> Path:
+    """One panel per pair of tasks: each configuration at its means with their 95% intervals
+    (front.parquet), the front of that pair's means drawn as a staircase, configurations off
+    the front of all tasks in grey, established dominated ones in light grey."""
+    tasks = list(dict.fromkeys(front.task))
+    metric = dict(zip(front.task, front.metric, strict=False))
+    wide = {c: front.pivot(index="trial_id", columns="task", values=c) for c in
+            ("mean", "ci_low", "ci_high")}  # fmt: skip
+    state = front.groupby("trial_id")[["on_front", "established_dominated"]].first()
+    pairs = [(a, b) for i, a in enumerate(tasks) for b in tasks[i + 1 :]]
+    fig = _figure("front")
+    axes = np.atleast_1d(fig.subplots(1, len(pairs)))
+    for ax, (x, y) in zip(axes, pairs, strict=True):
+        for trial in wide["mean"].index:
+            on, dominated = state.loc[trial, "on_front"], state.loc[trial, "established_dominated"]
+            colour = "tab:blue" if on else ("lightgrey" if dominated else "grey")
+            mx, my = wide["mean"].at[trial, x], wide["mean"].at[trial, y]
+            xerr = [[mx - wide["ci_low"].at[trial, x]], [wide["ci_high"].at[trial, x] - mx]]
+            yerr = [[my - wide["ci_low"].at[trial, y]], [wide["ci_high"].at[trial, y] - my]]
+            ax.errorbar(mx, my, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="o",
+                        color=colour, capsize=3, zorder=3 if on else 2)  # fmt: skip
+            if on:
+                ax.annotate(labels.get(trial, trial), (mx, my), fontsize=7,
+                            xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        # The front of this pair's means (both higher is better): a staircase.
+        points = wide["mean"][[x, y]].dropna().sort_values(x, ascending=False).to_numpy()
+        stairs, best_y = [], -np.inf
+        for px, py in points:
+            if py > best_y:
+                stairs.append((px, py))
+                best_y = py
+        if stairs:
+            xs, ys = zip(*stairs, strict=True)
+            ax.step(xs, ys, where="post", color="tab:blue", alpha=0.4)
+        ax.set_xlabel(f"{x}: {metric[x]}")
+        ax.set_ylabel(f"{y}: {metric[y]}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -368,3 +368,57 @@ def gain_sentence(gains: pd.DataFrame, labels: pd.Series, rope: float) -> str:
         if paying:
             sentence += ", paid for by " + " and ".join(paying)
     return sentence + "."
+
+
+def task_fronts(
+    results: Results, selected: pd.DataFrame, level: str, rope: float
+) -> pd.DataFrame | None:
+    """The per-task front of the completed configurations that train every task
+    (study.stats.front.task_front on the selected epochs, each task's headline metric at
+    `level`); None with fewer than two of them."""
+    from study.stats.front import task_front
+    from study.stats.selection import level_column
+
+    configurations = multi_task_trials(results.trials)
+    if len(configurations) < 2:
+        return None
+    metrics = {task: level_column(m, level) for task, m in results.task_metrics.items()}
+    keys = [c for c in ("trial_id", "repeat", "fold") if c in selected]
+    rows = selected[selected.trial_id.isin(configurations)]
+    return task_front(
+        rows[[*keys, *dict.fromkeys(metrics.values())]], metrics,
+        folds_per_repeat=results.num_folds, rope=rope,
+    )  # fmt: skip
+
+
+def front_sentence(front: pd.DataFrame, labels: pd.Series, rope: float) -> str:
+    """The per-task front in words: how many configurations are on it by means, which are
+    established dominated and by which, and how many are dominated by means only."""
+    state = front.groupby("trial_id", sort=False)[
+        ["on_front", "established_dominated", "dominated_by"]
+    ].first()
+    metrics = ", ".join(dict.fromkeys(front.metric))
+    on = int(state.on_front.sum())
+    established = state[state.established_dominated]
+    sentence = (
+        f"Per-task front ({metrics}; means over folds): {on} of {len(state)} configurations "
+        f"are on it; {len(established)} established dominated (another is established "
+        f"better or equivalent on every task and better on one, paired by fold, rope "
+        f"±{rope:g})"
+    )
+    if len(established):
+        named = []
+        for trial, row in established.iterrows():
+            by = " and ".join(labels.get(o, o) for o in row.dominated_by.split(","))
+            named.append(f"{labels.get(trial, trial)} by {by}")
+        sentence += ": " + "; ".join(named)
+    by_means_only = int((~state.on_front & ~state.established_dominated).sum())
+    if by_means_only:
+        are = "is" if by_means_only == 1 else "are"
+        sentence += (
+            f". {by_means_only} more {are} off the front by means only: the folds do not "
+            "establish that it is dominated" if by_means_only == 1 else
+            f". {by_means_only} more {are} off the front by means only: the folds do not "
+            "establish that they are dominated"
+        )  # fmt: skip
+    return sentence + "."

@@ -17,6 +17,7 @@ from typing import Literal
 from mtl import (
     EPOCH_DEPENDENT_SCHEDULES,
     METRIC_DIRECTIONS,
+    METRIC_LEVELS,
     SCORE_METRICS,
     TASK_HEADLINES,
     TASK_METRICS,
@@ -39,6 +40,15 @@ def grid(**values: Sequence) -> tuple[dict, ...]:
     return tuple(
         dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values.values())
     )
+
+
+def headline_choices(task: str) -> tuple[str, ...]:
+    """The metrics a study may compare `task` by (StudyConfig.task_metrics): its patch-level
+    metrics that every comparison reports (IoU follows Dice, and losses are not compared)."""
+    return tuple(
+        m for m in TASK_METRICS[task]
+        if METRIC_LEVELS.get(m) == "patch" and m != "iou" and METRIC_DIRECTIONS[m] > 0
+    )  # fmt: skip
 
 
 # How a study runs, not what it is: a resume may change them (a study started on a laptop
@@ -198,10 +208,10 @@ class StudyConfig:
                 f"got {dict(self.task_metrics)}"
             )
         for task, metric in self.task_metrics.items():
-            if metric not in TASK_METRICS[task] or metric not in METRIC_DIRECTIONS:
+            if metric not in headline_choices(task):
                 raise ValueError(
-                    f"task_metrics: {metric!r} is not a metric of the {task} task; choose "
-                    f"one of {', '.join(TASK_METRICS[task])}"
+                    f"task_metrics: {metric!r} is not a headline metric of the {task} task; "
+                    f"choose one of {', '.join(headline_choices(task))}"
                 )
         if self.baselines and self.train.tasks != TASKS:
             raise ValueError(

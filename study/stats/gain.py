@@ -34,6 +34,22 @@ GAIN_COLUMNS = ("trial_id", "term", "metric", "n_folds", "mean", "ci_low", "ci_h
                 "p_value", "p_hurts", "p_rope", "p_helps", "verdict")  # fmt: skip
 
 
+def check_directions(metrics: Mapping[str, str]) -> None:
+    """Raise unless every metric has a declared direction (mtl's METRIC_DIRECTIONS)."""
+    unknown = [m for m in metrics.values() if m not in METRIC_DIRECTIONS]
+    if unknown:
+        known = ", ".join(METRIC_DIRECTIONS)
+        raise ValueError(f"no direction declared for {unknown}; known: {known}")
+
+
+def fold_ratio(per_fold: pd.DataFrame, folds_per_repeat: int | None) -> float:
+    """n_test/n_train = 1/(k-1) of the cross-validation, k as compare_to_best takes it."""
+    k = infer_folds_per_repeat(per_fold) if folds_per_repeat is None else folds_per_repeat
+    if k < 2:
+        raise ValueError(f"the fold-paired test needs at least 2 folds per repeat, got {k}")
+    return 1 / (k - 1)
+
+
 def relative_differences(
     per_fold: pd.DataFrame, baselines: Mapping[str, str], metrics: Mapping[str, str]
 ) -> pd.DataFrame:
@@ -48,11 +64,7 @@ def relative_differences(
     """
     if set(baselines) != set(metrics):
         raise ValueError(f"baselines for {sorted(baselines)} but metrics for {sorted(metrics)}")
-    unknown = [m for m in metrics.values() if m not in METRIC_DIRECTIONS]
-    if unknown:
-        raise ValueError(
-            f"no direction declared for {unknown}; known: {', '.join(METRIC_DIRECTIONS)}"
-        )
+    check_directions(metrics)
     keys = [c for c in ("repeat", "fold") if c in per_fold]
     trials = set(per_fold.trial_id)
     if missing := sorted(set(baselines.values()) - trials):
@@ -88,13 +100,11 @@ def delta_m(
     k (the correction n_test/n_train = 1/(k-1)) as `study.stats.compare_to_best` takes it.
     """
     relative = relative_differences(per_fold, baselines, metrics)
-    k = infer_folds_per_repeat(per_fold) if folds_per_repeat is None else folds_per_repeat
-    if k < 2:
-        raise ValueError(f"the fold-paired test needs at least 2 folds per repeat, got {k}")
+    ratio = fold_ratio(per_fold, folds_per_repeat)
     rows = []
     for trial, values in relative.groupby("trial_id", sort=False):
         for term in ("delta_m", *metrics):
-            test = paired_test(values[term].to_numpy(), 1 / (k - 1), rope)
+            test = paired_test(values[term].to_numpy(), ratio, rope)
             rows.append({
                 "trial_id": trial, "term": term, "metric": metrics.get(term, ""),
                 "n_folds": test.n, "mean": test.mean_diff, "ci_low": test.ci_low,

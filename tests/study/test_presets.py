@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from mtl import parse_overrides
@@ -111,3 +113,15 @@ def test_demo_and_search_hold_patients_out_and_paper_does_not():
     assert {(p["balancer"], p["seg_loss"]) for p in demo.warm_start} == {
         (b, s) for b in ("equal", "gradnorm") for s in ("dice", "bce")
     }
+
+
+def test_task_metrics_and_baselines_are_checked():
+    with pytest.raises(ValueError, match="'iou' is not a headline metric of the seg task"):
+        dataclasses.replace(smoke(), task_metrics={**smoke().task_metrics, "seg": "iou"})
+    with pytest.raises(ValueError, match="one metric for each of seg, pattern, intensity"):
+        dataclasses.replace(smoke(), task_metrics={"seg": "dice"})
+    with pytest.raises(ValueError, match="baselines are compared with configurations that train"):
+        dataclasses.replace(smoke(), baselines=True, train=smoke().train.replace(tasks="pattern"))
+    study = dataclasses.replace(smoke(), baselines=True)
+    assert study.num_trials == 2 + 3 and "tasks" in study.varying
+    assert [c.tasks for c in study.train_configs()[-3:]] == [("seg",), ("pattern",), ("intensity",)]

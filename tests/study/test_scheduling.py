@@ -11,6 +11,7 @@ import sys
 
 import optuna
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import ray.cloudpickle
 from rich.console import Console
@@ -190,6 +191,14 @@ def test_a_grid_with_baselines_labels_them_by_their_task(ray_local, tmp_path):
     write_report(tmp_path / "grid", console=Console(file=io.StringIO()))
     report = (tmp_path / "grid" / "report.md").read_text()
     assert "of 2 configuration(s), 0 helps, 0 hurts, 2 equivalent, 0 undecided" in report
+    # Equal on every task: both on the front, neither dominated (front.parquet, typed).
+    assert "Per-task front (pixel_acc, pattern_acc, intensity_acc; means over folds): 2 of 2" in (
+        " ".join(report.split())
+    )
+    front = pq.read_table(tmp_path / "grid" / "front.parquet")
+    assert front.schema.metadata[b"table"] == b"front" and front.num_rows == 2 * 3
+    assert all(front.column("on_front").to_pylist())
+    assert (tmp_path / "grid" / "front.png").exists()
     gains = pd.read_csv(tmp_path / "grid" / "gains.csv")
     assert len(gains) == 2 * 4 and (gains.verdict == "equivalent").all()
     assert (gains["mean"] == 0).all() and set(gains.term) == {"delta_m", "seg", "pattern",

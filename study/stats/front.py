@@ -1,0 +1,93 @@
+"""What a configuration buys on one task at the cost of another: the per-task front, and
+which configurations the folds establish as dominated.
+
+Each completed configuration that trains every task has, per task, its headline metric
+(the study's `task_metrics`) on every fold. Two fronts:
+
+* **by means**: a configuration is on it when no other is at least as good on every task's
+  mean and better on one (directions from `mtl.METRIC_DIRECTIONS`);
+* **established dominated**: some other configuration is established better-or-equivalent
+  on every task and established better on one, each by the fold-paired verdict of the two
+  on that task (`study.stats.paired_test` of the per-fold differences, the verdict rule of
+  `study.stats.verdict`, rope ±`rope`). A configuration dominated by means can stay
+  undominated here: the folds may not tell the two apart.
+
+Each configuration's mean per task also gets the corrected resampled 95% interval of that
+mean (the figure's error bars). The rows go to front.parquet (mtl.tables' `front` schema).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from mtl import METRIC_DIRECTIONS
+from study.stats import DEFAULT_ROPE, paired_test, verdict
+from study.stats.gain import check_directions, fold_ratio
+
+FRONT_COLUMNS = ("trial_id", "task", "metric", "n_folds", "mean", "ci_low", "ci_high",
+                 "on_front", "established_dominated", "dominated_by")  # fmt: skip
+
+
+def _dominates(a: np.ndarray, b: np.ndarray) -> bool:
+    """a at least as good as b everywhere and better somewhere (higher is better)."""
+    return bool((a >= b).all() and (a > b).any())
+
+
+def task_front(
+    per_fold: pd.DataFrame,
+    metrics: Mapping[str, str],
+    *,
+    folds_per_repeat: int | None = None,
+    rope: float = DEFAULT_ROPE,
+) -> pd.DataFrame:
+    """One row per (trial, task) of the trials with a value for every task's metric:
+    FRONT_COLUMNS. `on_front`: on the front of the means; `established_dominated`: some other
+    trial is established better-or-equivalent on every task and better on one;
+    `dominated_by`: those trials' ids, comma-separated (empty when none).
+
+    per_fold: one row per trial and fold (`trial_id`, `fold`, optionally `repeat`) with the
+    metrics' columns. metrics: task -> its headline metric (a key of METRIC_DIRECTIONS).
+    """
+    check_directions(metrics)
+    ratio = fold_ratio(per_fold, folds_per_repeat)
+    keys = [c for c in ("repeat", "fold") if c in per_fold]
+    tasks = list(metrics)
+    # Per task: trials x folds, oriented so that higher is better.
+    wide = {
+        task: per_fold.pivot(index="trial_id", columns=keys, values=metric).astype(float)
+        * METRIC_DIRECTIONS[metric]
+        for task, metric in metrics.items()
+    }
+    complete = [t for t in pd.unique(per_fold.trial_id)
+                if all(wide[task].loc[t].notna().any() for task in tasks)]  # fmt: skip
+    means = pd.DataFrame({task: wide[task].loc[complete].mean(axis=1) for task in tasks})
+
+    def verdict_of(better: str, worse: str, task: str) -> str:
+        a, b = wide[task].loc[better], wide[task].loc[worse]
+        shared = a.notna() & b.notna()
+        test = paired_test((a[shared] - b[shared]).to_numpy(), ratio, rope)
+        return verdict(test.p_worse, test.p_rope, test.p_better)
+
+    rows = []
+    for trial in complete:
+        others = [o for o in complete if o != trial]
+        on_front = not any(_dominates(means.loc[o].to_numpy(), means.loc[trial].to_numpy())
+                           for o in others)  # fmt: skip
+        by = []
+        for other in others:
+            verdicts = [verdict_of(other, trial, task) for task in tasks]
+            if all(v in ("better", "equivalent") for v in verdicts) and "better" in verdicts:
+                by.append(other)
+        for task, metric in metrics.items():
+            values = wide[task].loc[trial].dropna() * METRIC_DIRECTIONS[metric]
+            interval = paired_test(values.to_numpy(), ratio, rope)
+            rows.append({
+                "trial_id": trial, "task": task, "metric": metric, "n_folds": len(values),
+                "mean": float(values.mean()), "ci_low": interval.ci_low,
+                "ci_high": interval.ci_high, "on_front": on_front,
+                "established_dominated": bool(by), "dominated_by": ",".join(by),
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=list(FRONT_COLUMNS))
