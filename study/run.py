@@ -154,6 +154,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default 1; needs --set folds=stratified)",
     )
     p.add_argument(
+        "--objective",
+        choices=("score", "tasks"),
+        help="what Optuna searches for: the score (default), or each task's headline metric "
+        "as an objective of its own (a multi-objective search whose Optuna best_trials are "
+        "the front); ASHA still stops trials on the score",
+    )
+    p.add_argument(
         "--baselines",
         action="store_true",
         default=None,
@@ -199,6 +206,7 @@ def resolve_study(args: argparse.Namespace) -> StudyConfig:
         "test_patients": args.test_patients,
         "repeats": args.repeats,
         "baselines": args.baselines,
+        "objective": args.objective,
     }
     return dataclasses.replace(study, **{k: v for k, v in changes.items() if v is not None})
 

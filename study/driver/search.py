@@ -34,7 +34,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from mtl import TrainConfig
+from mtl import METRIC_DIRECTIONS, TrainConfig
 from study.results.tables import OPTUNA_TRIAL, REPEATS
 from study.spec.space import Choice, Domain, LogUniform, active_space
 
@@ -83,6 +83,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
       restored from storage) is left as it is, and an error while telling is logged, never
       turned into a failed trial.
     - Each Optuna trial carries the Tune trial id and the study folder as user attributes.
+    - With several objectives (`--objective tasks`: the tasks' headline metrics, `metric` a
+      list) Optuna takes no intermediate values, and a PRUNED trial no values
+      (optuna/optuna#3450): a trial ASHA stopped is told PRUNED, its last values kept as the
+      user attribute `last_values`; only a trial trained to the end is COMPLETE, so that
+      `best_trials` holds finished configurations only.
     - No configuration is trained twice. A proposal whose parameters equal those of a trial
       already finished or running in this search is not handed to Tune: it is told the
       earlier trial's result (COMPLETE with its value, or PRUNED with its intermediate
@@ -140,7 +145,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
         for step, value in sorted(frozen.intermediate_values.items()):
             repeat.report(value, step)
         state = frozen.state if frozen.state.is_finished() else states.FAIL
-        value = frozen.value if state == states.COMPLETE else None
+        value = None
+        if state == states.COMPLETE:
+            value = frozen.values if self._objectives else frozen.value
         try:
             self._ot_study.tell(repeat, value, state=state)
         except Exception as exc:  # the study goes on; the repeat stays as Optuna has it
@@ -157,14 +164,17 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return
         self._report(trial_id, result or {})
-        score = (result or {}).get(self.metric)
+        values = self._values(result or {})
         states = optuna.trial.TrialState
         if error:
             state, value = states.FAIL, None
         elif result and result.get("epoch", 0) < result.get("epochs", 0):
             state, value = states.PRUNED, None  # Optuna takes the last intermediate value
-        elif score is not None and math.isfinite(score):
-            state, value = states.COMPLETE, score
+            if self._objectives and values is not None:
+                storage = self._ot_study._storage
+                storage.set_trial_user_attr(ot_trial._trial_id, "last_values", values)
+        elif values is not None:
+            state, value = states.COMPLETE, values if self._objectives else values[0]
         else:
             state, value = states.FAIL, None  # no score to tell
         try:
@@ -175,8 +185,23 @@ class PruneAwareOptunaSearch(OptunaSearch):
         for repeat in self._repeats.pop(trial_id, []):
             self._copy_outcome(ot_trial, repeat)
 
+    @property
+    def _objectives(self) -> bool:
+        return isinstance(self.metric, list)
+
+    def _values(self, result: dict) -> list[float] | None:
+        """The result's value of every objective, or None unless all are finite."""
+        names = self.metric if self._objectives else [self.metric]
+        values = [result.get(name) for name in names]
+        if any(v is None or not math.isfinite(v) for v in values):
+            return None
+        return [float(v) for v in values]
+
     def _report(self, trial_id: str, result: dict) -> None:
-        """Report the result's score at its epoch, once per epoch."""
+        """Report the result's score at its epoch, once per epoch (with one objective:
+        Optuna keeps no intermediate values of several)."""
+        if self._objectives:
+            return
         ot_trial = self._ot_trials.get(trial_id)
         score, epoch = result.get(self.metric), result.get("epoch")
         if ot_trial is None or score is None or epoch is None or not math.isfinite(score):
@@ -199,9 +224,12 @@ def optuna_search(
     base: TrainConfig,
     warm_start: Sequence[Mapping] = (),
     sampler: str = "tpe",
+    objectives: Sequence[str] = (),
 ) -> PruneAwareOptunaSearch:
     """An Optuna searcher over the conditional `space`, whose study lives in
-    FOLDER/optuna.db (SQLite).
+    FOLDER/optuna.db (SQLite). It maximises the cross-validated score, or with `objectives`
+    (validation metrics) each of their cross-validated values, in their directions
+    (mtl.METRIC_DIRECTIONS): a multi-objective study whose `best_trials` is its front.
 
     `optuna-dashboard sqlite:///FOLDER/optuna.db` and Optuna's plots open it, and a later
     study with the same name extends it.
@@ -221,10 +249,14 @@ def optuna_search(
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
     }
+    metric, mode = "cv_score", "max"
+    if objectives:
+        metric = [f"cv_{m}" for m in objectives]
+        mode = ["max" if METRIC_DIRECTIONS[m] > 0 else "min" for m in objectives]
     return PruneAwareOptunaSearch(
         space=ConditionalSpace(space, base),
-        metric="cv_score",
-        mode="max",
+        metric=metric,
+        mode=mode,
         sampler=samplers[sampler](),
         study_name=name,
         storage=storage,

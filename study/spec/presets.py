@@ -118,6 +118,10 @@ class StudyConfig:
     # Each task's headline metric: what Δm, the per-task fronts and `--objective tasks`
     # compare (a metric of that task, mtl.TASK_METRICS).
     task_metrics: Mapping[str, str] = field(default_factory=lambda: dict(TASK_HEADLINES))
+    # What Optuna searches for: the score (one objective), or `tasks`, each task's headline
+    # metric as an objective of its own (its best_trials: the front). ASHA, when on, still
+    # stops trials on the score.
+    objective: Literal["score", "tasks"] = "score"
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -213,11 +217,20 @@ class StudyConfig:
                     f"task_metrics: {metric!r} is not a headline metric of the {task} task; "
                     f"choose one of {', '.join(headline_choices(task))}"
                 )
+        if self.objective not in ("score", "tasks"):
+            raise ValueError(f"objective must be 'score' or 'tasks', got {self.objective!r}")
+        if self.objective == "tasks" and not self.space:
+            raise ValueError("objective='tasks' is for a search (a space); a grid has no search")
         if self.baselines and self.train.tasks != TASKS:
             raise ValueError(
                 f"baselines are compared with configurations that train all three tasks, "
                 f"but train.tasks is {self.train.tasks}"
             )
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """The metrics Optuna searches for as objectives of their own (none: the score)."""
+        return tuple(self.task_metrics[t] for t in TASKS) if self.objective == "tasks" else ()
 
     @property
     def baseline_points(self) -> tuple[dict, ...]:

@@ -203,3 +203,44 @@ def test_a_grid_with_baselines_labels_them_by_their_task(ray_local, tmp_path):
     assert len(gains) == 2 * 4 and (gains.verdict == "equivalent").all()
     assert (gains["mean"] == 0).all() and set(gains.term) == {"delta_m", "seg", "pattern",
                                                                "intensity"}  # fmt: skip
+
+
+def test_a_multi_objective_search_tells_optuna_only_finished_trials_as_complete(
+    ray_local, tmp_path
+):
+    """--objective tasks: Optuna searches the three tasks' metrics as objectives; ASHA stops
+    trials on the score, and a stopped trial is PRUNED in Optuna (its last values kept as an
+    attribute), so best_trials, the front, holds configurations trained to the end only."""
+    study = StudyConfig(
+        name="tasks",
+        train=smoke().train.replace(epochs=4, balancer="gradnorm"),
+        space={"alpha": LogUniform(0.05, 1.0)},
+        num_samples=8,
+        scheduler="asha",
+        grace_period=1,
+        reduction_factor=2,
+        max_concurrent=1,
+        synthetic=smoke().synthetic,
+        objective="tasks",
+    )
+    assert study.objectives == ("pixel_acc", "pattern_acc", "intensity_acc")
+    study = prepare_data(study, tmp_path)
+    _, trials = run_study(StudyRequest(study, tmp_path, trainer=ScriptedTrainer))
+    storage = f"sqlite:///{tmp_path / 'tasks' / 'optuna.db'}"
+    optuna_study = optuna.load_study(study_name="tasks", storage=storage)
+    assert [d.name for d in optuna_study.directions] == ["MAXIMIZE"] * 3
+    objectives = ["cv_pixel_acc", "cv_pattern_acc", "cv_intensity_acc"]
+    by_number = {t.number: t for t in optuna_study.trials}
+    pruned = trials[trials.status == "pruned"]
+    assert len(pruned) >= 2
+    for row in trials.itertuples():
+        trial = by_number[int(row.optuna_trial)]
+        values = [getattr(row, name) for name in objectives]
+        if row.status == "pruned":
+            assert trial.state.name == "PRUNED" and trial.values is None
+            assert trial.user_attrs["last_values"] == pytest.approx(values)
+        else:
+            assert trial.state.name == "COMPLETE" and trial.values == pytest.approx(values)
+    best = optuna_study.best_trials
+    completed = set(trials.optuna_trial[trials.status == "completed"].astype(int))
+    assert best and {t.number for t in best} <= completed
