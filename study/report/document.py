@@ -50,6 +50,7 @@ from study.report.summary import (
     gain_sentence,
     load_results,
     optimism_sentence,
+    original_conclusions_sentence,
     original_results,
     stopped_trials,
     summarise,
@@ -107,6 +108,7 @@ def build_tables(
             # Where the highest mean lacks a hard fold, the best is another: say why.
             sentences.append(best_choice_sentence(stats, metric, title, labels))
     sentences.append(warm_start_sentence(stats, trials, labels, results.warm_start))
+    sentences.append(original_conclusions_sentence(stats, trials, labels, level))
     gains = task_gains(results, selected, level, rope)
     if gains is not None:
         sentences.append(gain_sentence(gains, labels, rope))

@@ -422,3 +422,51 @@ def front_sentence(front: pd.DataFrame, labels: pd.Series, rope: float) -> str:
             "establish that they are dominated"
         )  # fmt: skip
     return sentence + "."
+
+
+# The original study's conclusions on the segmentation loss, by task: (metric, loss, words).
+ORIGINAL_CONCLUSIONS = (
+    ("pattern_acc", "dice", "Dice best for the pattern"),
+    ("intensity_acc", "bce", "BCE best for the intensity"),
+)
+
+
+def original_conclusions_sentence(
+    stats: pd.DataFrame, trials: pd.DataFrame, labels: pd.Series, level: str = "patch"
+) -> str | None:
+    """Which of the original study's conclusions the folds establish. "Dice best for the
+    pattern" is established when the best pattern accuracy (compare_to_best's best, at
+    `level`) is a Dice configuration and every BCE configuration is established worse than
+    it; where the best is a BCE one and every Dice one is established worse, the folds
+    establish the opposite; else neither. Likewise BCE for the intensity. None unless both
+    losses have completed configurations."""
+    from study.stats.selection import level_column
+
+    if not len(stats) or "seg_loss" not in trials:
+        return None
+    loss = trials.set_index("trial_id").seg_loss
+    name = {"dice": "Dice", "bce": "BCE"}
+    parts = []
+    for metric, expected, words in ORIGINAL_CONCLUSIONS:
+        metric = level_column(metric, level)
+        rows = stats[(stats.metric == metric) & stats.trial_id.isin(loss.index)]
+        if not rows.is_best.any() or set(loss[rows.trial_id]) != set(name):
+            return None
+        best = rows[rows.is_best].iloc[0]
+        winner = loss[best.trial_id]
+        others = rows[loss[rows.trial_id].to_numpy() != winner]
+        worse = int((others.verdict == "worse").sum())
+        loser = name["bce" if winner == "dice" else "dice"]
+        found = (
+            f"the best {metric} is {labels.get(best.trial_id, best.trial_id)}'s "
+            f"({name[winner]}); {worse} of {len(others)} {loser} configurations are "
+            "established worse than it"
+        )
+        if worse < len(others):
+            verdict = "not established"
+        elif winner == expected:
+            verdict = "established"
+        else:
+            verdict = "the opposite is established"
+        parts.append(f'"{words}": {verdict} ({found})')
+    return "The original study's conclusions, on these folds: " + "; ".join(parts) + "."

@@ -87,3 +87,43 @@ def test_a_baseline_without_rows_or_a_metric_without_a_direction_is_refused():
         delta_m(per_fold[per_fold.trial_id != "only-seg"], BASELINES, METRICS)
     with pytest.raises(ValueError, match="no direction declared for \\['seconds'\\]"):
         delta_m(per_fold, BASELINES, {**METRICS, "seg": "seconds"})
+
+
+def test_the_original_conclusions_established_or_not_by_the_folds():
+    from study.report.summary import original_conclusions_sentence
+    from study.stats import compare_to_best
+
+    noise = [0.02, -0.02, 0.02, -0.02, 0.0]
+    values = {  # trial: (seg_loss, pattern_acc, intensity_acc); the pattern without noise
+        "d1": ("dice", 0.80, 0.90),
+        "d2": ("dice", 0.78, 0.85),
+        "b1": ("bce", 0.70, 0.91),
+        "b2": ("bce", 0.69, 0.80),
+    }
+    per_fold = pd.DataFrame(
+        [
+            {
+                "trial_id": t,
+                "fold": f,
+                "pattern_acc": p,
+                "intensity_acc": i + (noise[j] * (j % 3) if t == "d1" else 0.0),
+            }
+            for t, (_, p, i) in values.items()
+            for j, f in enumerate(FOLDS)
+        ]  # fmt: skip
+    )
+    stats = compare_to_best(per_fold)
+    trials = pd.DataFrame({"trial_id": list(values), "seg_loss": [v[0] for v in values.values()]})
+    labels = pd.Series({t: f"{v[0]}-{t}" for t, v in values.items()})
+    sentence = original_conclusions_sentence(stats, trials, labels)
+    # The pattern: Dice's best (d1) and both BCE configurations 0.1 below on every fold.
+    assert (
+        '"Dice best for the pattern": established (the best pattern_acc is dice-d1\'s' in sentence
+    )
+    # The intensity: BCE's b1 is best, but d1 swings around it: not established.
+    assert '"BCE best for the intensity": not established (the best intensity_acc is bce-b1' in (
+        sentence
+    )
+    assert "1 of 2 Dice configurations are established worse" in sentence
+    no_bce = trials.assign(seg_loss="dice")
+    assert original_conclusions_sentence(stats, no_bce, labels) is None
