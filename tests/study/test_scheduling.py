@@ -132,28 +132,32 @@ def test_an_equal_weight_trial_has_no_alpha_anywhere(ray_local, tmp_path):
     assert (trials.balancer == "equal").any() and (trials.balancer == "gradnorm").any()
 
 
-def test_baselines_train_to_the_end_with_the_study_budget_and_optuna_never_sees_them(
-    ray_local, tmp_path
-):
-    """--baselines: three more trials (tasks=seg, pattern, intensity) on the study's epochs
-    and folds; ASHA, which stops weak trials of this search, never stops them (their score
-    is undefined), and Optuna's study holds the searched trials only."""
+def test_a_multi_objective_search_with_baselines(ray_local, tmp_path):
+    """--objective tasks --baselines: Optuna searches the three tasks' metrics as objectives;
+    ASHA stops trials on the score, and a stopped trial is PRUNED in Optuna (its last values
+    kept as an attribute), so best_trials, the front, holds configurations trained to the end
+    only. The three baselines (tasks=seg, pattern, intensity) train the study's epochs and
+    folds to the end (ASHA, which stops weak searched trials, never stops them: their score
+    is undefined) and Optuna never hears of them."""
     study = StudyConfig(
-        name="baselines",
+        name="tasks",
         train=smoke().train.replace(epochs=4, balancer="gradnorm"),
         space={"alpha": LogUniform(0.05, 1.0)},
-        num_samples=4,
+        num_samples=6,
         scheduler="asha",
         grace_period=1,
         reduction_factor=2,
         max_concurrent=1,
         synthetic=smoke().synthetic,
+        objective="tasks",
         baselines=True,
     )
-    assert study.num_trials == 7
+    assert study.objectives == ("pixel_acc", "pattern_acc", "intensity_acc")
+    assert study.num_trials == 6 + 3
     study = prepare_data(study, tmp_path)
     epochs, trials = run_study(StudyRequest(study, tmp_path, trainer=ScriptedTrainer))
-    assert len(trials) == 7
+    assert len(trials) == 9
+
     single = trials[trials.tasks.map(len) == 1]
     assert sorted(t[0] for t in single.tasks) == ["intensity", "pattern", "seg"]
     assert (single.status == "completed").all() and (single.epochs_run == 4).all()
@@ -163,15 +167,28 @@ def test_baselines_train_to_the_end_with_the_study_budget_and_optuna_never_sees_
         rows = epochs[epochs.trial_id == row.trial_id]
         assert len(rows) == 5 * 4 * 2 and sorted(rows.fold.unique()) == list("ABCDE")
         (task,) = row.tasks
-        assert rows[f"loss_{task}"].notna().all()
-        assert (
-            rows[[f"loss_{t}" for t in ("seg", "pattern", "intensity") if t != task]]
-            .isna()
-            .all(axis=None)
-        )
-    assert (trials.status == "pruned").any()  # ASHA did stop searched trials
-    optuna_study = _assert_optuna_matches_the_tables(tmp_path / "baselines", "baselines")
-    assert len(optuna_study.trials) == 4
+        others = [f"loss_{t}" for t in ("seg", "pattern", "intensity") if t != task]
+        assert rows[f"loss_{task}"].notna().all() and rows[others].isna().all(axis=None)
+
+    storage = f"sqlite:///{tmp_path / 'tasks' / 'optuna.db'}"
+    optuna_study = optuna.load_study(study_name="tasks", storage=storage)
+    assert [d.name for d in optuna_study.directions] == ["MAXIMIZE"] * 3
+    assert len(optuna_study.trials) == 6  # the searched trials only
+    objectives = ["cv_pixel_acc", "cv_pattern_acc", "cv_intensity_acc"]
+    by_number = {t.number: t for t in optuna_study.trials}
+    searched = trials[trials.optuna_trial.notna()]
+    assert (searched.status == "pruned").sum() >= 2
+    for row in searched.itertuples():
+        trial = by_number[int(row.optuna_trial)]
+        values = [getattr(row, name) for name in objectives]
+        if row.status == "pruned":
+            assert trial.state.name == "PRUNED" and trial.values is None
+            assert trial.user_attrs["last_values"] == pytest.approx(values)
+        else:
+            assert trial.state.name == "COMPLETE" and trial.values == pytest.approx(values)
+    best = optuna_study.best_trials
+    completed = set(searched.optuna_trial[searched.status == "completed"].astype(int))
+    assert best and {t.number for t in best} <= completed
 
 
 def test_a_grid_with_baselines_labels_them_by_their_task(ray_local, tmp_path):
@@ -203,44 +220,3 @@ def test_a_grid_with_baselines_labels_them_by_their_task(ray_local, tmp_path):
     assert len(gains) == 2 * 4 and (gains.verdict == "equivalent").all()
     assert (gains["mean"] == 0).all() and set(gains.term) == {"delta_m", "seg", "pattern",
                                                                "intensity"}  # fmt: skip
-
-
-def test_a_multi_objective_search_tells_optuna_only_finished_trials_as_complete(
-    ray_local, tmp_path
-):
-    """--objective tasks: Optuna searches the three tasks' metrics as objectives; ASHA stops
-    trials on the score, and a stopped trial is PRUNED in Optuna (its last values kept as an
-    attribute), so best_trials, the front, holds configurations trained to the end only."""
-    study = StudyConfig(
-        name="tasks",
-        train=smoke().train.replace(epochs=4, balancer="gradnorm"),
-        space={"alpha": LogUniform(0.05, 1.0)},
-        num_samples=8,
-        scheduler="asha",
-        grace_period=1,
-        reduction_factor=2,
-        max_concurrent=1,
-        synthetic=smoke().synthetic,
-        objective="tasks",
-    )
-    assert study.objectives == ("pixel_acc", "pattern_acc", "intensity_acc")
-    study = prepare_data(study, tmp_path)
-    _, trials = run_study(StudyRequest(study, tmp_path, trainer=ScriptedTrainer))
-    storage = f"sqlite:///{tmp_path / 'tasks' / 'optuna.db'}"
-    optuna_study = optuna.load_study(study_name="tasks", storage=storage)
-    assert [d.name for d in optuna_study.directions] == ["MAXIMIZE"] * 3
-    objectives = ["cv_pixel_acc", "cv_pattern_acc", "cv_intensity_acc"]
-    by_number = {t.number: t for t in optuna_study.trials}
-    pruned = trials[trials.status == "pruned"]
-    assert len(pruned) >= 2
-    for row in trials.itertuples():
-        trial = by_number[int(row.optuna_trial)]
-        values = [getattr(row, name) for name in objectives]
-        if row.status == "pruned":
-            assert trial.state.name == "PRUNED" and trial.values is None
-            assert trial.user_attrs["last_values"] == pytest.approx(values)
-        else:
-            assert trial.state.name == "COMPLETE" and trial.values == pytest.approx(values)
-    best = optuna_study.best_trials
-    completed = set(trials.optuna_trial[trials.status == "completed"].astype(int))
-    assert best and {t.number for t in best} <= completed
