@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from mtl import is_active
+from mtl import TASKS, is_active
 from study.results.files import write_trial
 from study.results.foldlog import FoldLogReader
 from study.results.rebuild import driver_provenance
@@ -91,7 +91,8 @@ class LiveView(Callback):
             f"{k}={_short(config[k])}"
             for k in self.study.varying
             if k in config and is_active(k, balancer)
-        )
+            and not (k == "tasks" and tuple(_short(config[k]).split(",")) == TASKS)
+        )  # fmt: skip
         return self.rows.setdefault(
             trial.trial_id,
             {"label": label or "base", "status": "running", "epoch": 0, "epochs": epochs,

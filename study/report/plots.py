@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from mtl import INTENSITIES, PATTERNS
@@ -29,7 +30,7 @@ SIZES = {
     "optuna": (9.0, 5.5),
     "intervals": (11.0, 6.0),
     "recall": (12.0, 5.0),
-    "front": (15.0, 5.2),
+    "front": (15.0, 6.5),
 }
 VERDICT_COLOURS = {
     "best": "tab:green",
@@ -370,18 +371,23 @@ def task_front(front: pd.DataFrame, labels: Mapping[str, str], title: str, path:
     pairs = [(a, b) for i, a in enumerate(tasks) for b in tasks[i + 1 :]]
     fig = _figure("front")
     axes = np.atleast_1d(fig.subplots(1, len(pairs)))
+    # Numbers on the points, the labels in the legend: labels are too long to sit beside.
+    numbers = {trial: k for k, trial in enumerate(wide["mean"].index, 1)}
+    colours = {
+        trial: "tab:blue" if state.loc[trial, "on_front"]
+        else ("lightgrey" if state.loc[trial, "established_dominated"] else "grey")
+        for trial in numbers
+    }  # fmt: skip
     for ax, (x, y) in zip(axes, pairs, strict=True):
         for trial in wide["mean"].index:
-            on, dominated = state.loc[trial, "on_front"], state.loc[trial, "established_dominated"]
-            colour = "tab:blue" if on else ("lightgrey" if dominated else "grey")
+            on, colour = state.loc[trial, "on_front"], colours[trial]
             mx, my = wide["mean"].at[trial, x], wide["mean"].at[trial, y]
             xerr = [[mx - wide["ci_low"].at[trial, x]], [wide["ci_high"].at[trial, x] - mx]]
             yerr = [[my - wide["ci_low"].at[trial, y]], [wide["ci_high"].at[trial, y] - my]]
             ax.errorbar(mx, my, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="o",
                         color=colour, capsize=3, zorder=3 if on else 2)  # fmt: skip
-            if on:
-                ax.annotate(labels.get(trial, trial), (mx, my), fontsize=7,
-                            xytext=(4, 4), textcoords="offset points")  # fmt: skip
+            ax.annotate(str(numbers[trial]), (mx, my), fontsize=8, color=colour,
+                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
         # The front of this pair's means (both higher is better): a staircase.
         points = wide["mean"][[x, y]].dropna().sort_values(x, ascending=False).to_numpy()
         stairs, best_y = [], -np.inf
@@ -395,5 +401,11 @@ def task_front(front: pd.DataFrame, labels: Mapping[str, str], title: str, path:
         ax.set_xlabel(f"{x}: {metric[x]}")
         ax.set_ylabel(f"{y}: {metric[y]}")
         ax.grid(alpha=0.3)
+    handles = [
+        Line2D([], [], linestyle="none", marker=f"${k}$", markersize=9, color=colours[trial],
+               label=labels.get(trial, trial))
+        for trial, k in numbers.items()
+    ]  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)

@@ -80,6 +80,9 @@ def value_text(value: object) -> str:
     return str(value)
 
 
+ALL_TASKS = ",".join(TASKS)  # `tasks` of a multi-task trial, as value_text writes it
+
+
 def varying_fields(trials: pd.DataFrame, keys=()) -> list[str]:
     """The TrainConfig fields whose value differs between trials; else the study's `keys`
     (a study of one configuration, or one whose trials all drew the same values)."""
@@ -90,11 +93,14 @@ def varying_fields(trials: pd.DataFrame, keys=()) -> list[str]:
 
 def configuration_label(row: pd.Series, keys) -> str:
     """'seg_loss=dice, alpha=0.06'; a field the trial's balancer does not read (null in
-    trials.parquet) is left out."""
-    return (
-        ", ".join(f"{key}={value_text(row[key])}" for key in keys if not _is_null(row[key]))
-        or "base"
-    )
+    trials.parquet) is left out, and so are `tasks` where they are all three (only the
+    single-task baselines say theirs: 'tasks=pattern, seg_loss=dice')."""
+    shown = [
+        f"{key}={value_text(row[key])}"
+        for key in keys
+        if not _is_null(row[key]) and not (key == "tasks" and value_text(row[key]) == ALL_TASKS)
+    ]
+    return ", ".join(shown) or "base"
 
 
 def _is_null(value) -> bool:
@@ -322,13 +328,13 @@ def task_gains(
     selected epochs, each task's headline metric at `level`); None without all three
     baselines or a configuration to compare."""
     from study.stats.gain import delta_m
-    from study.stats.selection import level_column
+    from study.stats.selection import voted_column
 
     baselines = baseline_trials(results.trials)
     configurations = multi_task_trials(results.trials)
     if set(baselines) != set(TASKS) or configurations.empty:
         return None
-    metrics = {task: level_column(m, level) for task, m in results.task_metrics.items()}
+    metrics = {task: voted_column(m, level) for task, m in results.task_metrics.items()}
     keys = [c for c in ("trial_id", "repeat", "fold") if c in selected]
     rows = selected[selected.trial_id.isin({*configurations, *baselines.values()})]
     return delta_m(
@@ -377,12 +383,12 @@ def task_fronts(
     (study.stats.front.task_front on the selected epochs, each task's headline metric at
     `level`); None with fewer than two of them."""
     from study.stats.front import task_front
-    from study.stats.selection import level_column
+    from study.stats.selection import voted_column
 
     configurations = multi_task_trials(results.trials)
     if len(configurations) < 2:
         return None
-    metrics = {task: level_column(m, level) for task, m in results.task_metrics.items()}
+    metrics = {task: voted_column(m, level) for task, m in results.task_metrics.items()}
     keys = [c for c in ("trial_id", "repeat", "fold") if c in selected]
     rows = selected[selected.trial_id.isin(configurations)]
     return task_front(
@@ -440,7 +446,7 @@ def original_conclusions_sentence(
     it; where the best is a BCE one and every Dice one is established worse, the folds
     establish the opposite; else neither. Likewise BCE for the intensity. None unless both
     losses have completed configurations."""
-    from study.stats.selection import level_column
+    from study.stats.selection import voted_column
 
     if not len(stats) or "seg_loss" not in trials:
         return None
@@ -448,7 +454,7 @@ def original_conclusions_sentence(
     name = {"dice": "Dice", "bce": "BCE"}
     parts = []
     for metric, expected, words in ORIGINAL_CONCLUSIONS:
-        metric = level_column(metric, level)
+        metric = voted_column(metric, level)
         rows = stats[(stats.metric == metric) & stats.trial_id.isin(loss.index)]
         if not rows.is_best.any() or set(loss[rows.trial_id]) != set(name):
             return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mtl import score, score_metrics_at
+from mtl import METRIC_LEVELS, score, score_metrics_at
 from study.stats import KEY_COLUMNS, STUDY_METRICS
 
 LEVELS = {
@@ -34,6 +34,13 @@ def level_column(metric: str, level: str) -> str:
     """The epochs column of a voted metric at `level`: pattern_acc at patient level is
     patient_pattern_acc (the patch level's has no prefix)."""
     return metric if level == "patch" else f"{level}_{metric}"
+
+
+def voted_column(metric: str, level: str) -> str:
+    """`metric` by the votes of `level` where votes have it (pattern and intensity), else the
+    patch level's (pixel accuracy and Dice: votes label specimens, not pixels)."""
+    voted = level_column(metric, level)
+    return voted if voted in METRIC_LEVELS else metric
 
 
 def level_metrics(level: str) -> dict[str, str]:

@@ -199,9 +199,8 @@ def test_a_grid_with_baselines_labels_them_by_their_task(ray_local, tmp_path):
     assert (trials.status == "completed").all()
     labels = sorted(configuration_labels(trials))
     assert labels == [
-        "tasks=intensity, seg_loss=dice", "tasks=pattern, seg_loss=dice",
-        "tasks=seg, seg_loss=dice", "tasks=seg,pattern,intensity, seg_loss=bce",
-        "tasks=seg,pattern,intensity, seg_loss=dice",
+        "seg_loss=bce", "seg_loss=dice", "tasks=intensity, seg_loss=dice",
+        "tasks=pattern, seg_loss=dice", "tasks=seg, seg_loss=dice",
     ]  # fmt: skip
     # Every metric of every trial is the same scripted number, so each configuration's Δm is
     # 0 on every fold: equivalent to training each task alone.
