@@ -144,6 +144,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
         states = optuna.trial.TrialState
         for step, value in sorted(frozen.intermediate_values.items()):
             repeat.report(value, step)
+        if "last_values" in frozen.user_attrs:  # a pruned trial of several objectives
+            storage = self._ot_study._storage
+            storage.set_trial_user_attr(
+                repeat._trial_id, "last_values", frozen.user_attrs["last_values"]
+            )
         state = frozen.state if frozen.state.is_finished() else states.FAIL
         value = None
         if state == states.COMPLETE:

@@ -99,6 +99,9 @@ def build_tuner(prepared: PreparedStudy):
         base = dataclasses.asdict(study.train) | {"tasks": ",".join(study.train.tasks)}
         configurations = (*(study.configurations or ({},)), *study.baseline_points)
         points = [{k: c.get(k, base[k]) for k in keys} for c in configurations]
+        for point in points:  # tasks as a string in every point, as the base's
+            if not isinstance(point.get("tasks", ""), str):
+                point["tasks"] = ",".join(point["tasks"])
         param_space = {k: tune.choice([p[k] for p in points]) for k in keys}
         search_alg = grid_search(points, study.max_concurrent)
     scheduler = (
@@ -243,13 +246,15 @@ def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.Da
     """After the trials: the fold-paired statistics (stats.parquet, stats.csv), the per-task
     front (front.parquet) and, with a test set, the chosen configuration's test estimate
     (test.parquet)."""
-    from mtl import write_parquet
+    from mtl import TASKS, write_parquet
     from study.driver.holdout import evaluate_test_set
     from study.stats import compare_to_best, write_stats
     from study.stats.front import task_front
     from study.stats.selection import study_per_fold
 
-    per_fold = study_per_fold(epochs, trials)
+    # The single-task baselines have no score: they are compared in Δm, not with the others.
+    multi_task = trials[trials.tasks.map(len) == len(TASKS)] if "tasks" in trials else trials
+    per_fold = study_per_fold(epochs, multi_task)
     if len(per_fold):
         stats = compare_to_best(per_fold, folds_per_repeat=study.train.num_folds)
         write_stats(stats, folder, study.name)
@@ -258,8 +263,8 @@ def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.Da
     (folder / "test.parquet").unlink(missing_ok=True)  # never a stale one beside new trials
     if not study.train.held_out:
         return
-    if not (trials.status == "completed").any():
-        console.print("no completed trial: no test estimate")
+    if not ((trials.status == "completed") & trials.cv_score.notna()).any():
+        console.print("no completed trial with a score: no test estimate")
         return
     with console.status("test estimate: the best configuration on the held-out patients"):
         try:

@@ -391,10 +391,11 @@ def task_fronts(
     metrics = {task: voted_column(m, level) for task, m in results.task_metrics.items()}
     keys = [c for c in ("trial_id", "repeat", "fold") if c in selected]
     rows = selected[selected.trial_id.isin(configurations)]
-    return task_front(
+    front = task_front(
         rows[[*keys, *dict.fromkeys(metrics.values())]], metrics,
         folds_per_repeat=results.num_folds, rope=rope,
     )  # fmt: skip
+    return front if len(front) else None
 
 
 def front_sentence(front: pd.DataFrame, labels: pd.Series, rope: float) -> str:

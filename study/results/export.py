@@ -98,9 +98,10 @@ def trial_config(row: pd.Series) -> TrainConfig:
 
 def choose_trial(trials: pd.DataFrame, which: str) -> pd.Series:
     if which == "best":
-        finished = trials[trials.status == "completed"]
+        # A single-task baseline has no score (NaN): never the best.
+        finished = trials[(trials.status == "completed") & trials.cv_score.notna()]
         if finished.empty:
-            raise ValueError("the study has no completed trial to export")
+            raise ValueError("the study has no completed trial with a score to export")
         return finished.loc[finished.cv_score.idxmax()]
     chosen = trials[trials.trial_id == which]
     if chosen.empty:

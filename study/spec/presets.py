@@ -137,6 +137,7 @@ class StudyConfig:
                     f"warm_start: {dict(point)} must set exactly the searched fields that "
                     f"balancer {balancer!r} reads ({expected})"
                 )
+        self._check_tasks()  # before the repeats: a baseline of a single-task base repeats it
         self._check_no_repeats()
         if len(self.warm_start) > self.num_samples:
             raise ValueError(
@@ -179,7 +180,6 @@ class StudyConfig:
                 "the original study's one fixed fold table; use --set folds=stratified, or "
                 "repeats=1"
             )
-        self._check_tasks()
         if not self.train.data and self.synthetic is None:
             raise ValueError("the study needs data: set train.data (--data) or synthetic")
         for config in self.train_configs():  # every configuration must be a valid TrainConfig
@@ -191,7 +191,10 @@ class StudyConfig:
         field their balancer reads (alpha means nothing to `equal`)."""
         for name in ("configurations", "warm_start"):
             seen: dict[tuple, int] = {}
-            for i, point in enumerate(getattr(self, name)):
+            # The baselines come after the grid's points: one equal to a baseline repeats it.
+            points = [*getattr(self, name)]
+            points += list(self.baseline_points) if name == "configurations" else []
+            for i, point in enumerate(points):
                 config = self.train.replace(**point)
                 key = tuple(
                     (k, v)
@@ -199,8 +202,10 @@ class StudyConfig:
                     if is_active(k, config.balancer)
                 )
                 if key in seen:
+                    grid = len(getattr(self, name))
+                    second = f"{name}[{i}]" if i < grid else f"the baseline {dict(point)}"
                     raise ValueError(
-                        f"{name}[{seen[key]}] and {name}[{i}] are the same configuration "
+                        f"{name}[{seen[key]}] and {second} are the same configuration "
                         f"({dict(point)}): it would be trained twice; remove one"
                     )
                 seen[key] = i

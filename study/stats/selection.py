@@ -19,10 +19,12 @@ EPOCH_CHOICES = {
     "final": "final epoch",
     "best": "best epoch per fold (by the fold's validation score)",
 }
-# How a fold's epoch is chosen: the one where this key is largest (the first of ties).
+# How a fold's epoch is chosen: the one where this key is largest (the first of ties). `best`
+# by the score; a trial that trains fewer tasks (a single-task baseline) has none, and its
+# best epoch is that of the mean of the score metrics it has.
 EPOCH_KEYS = {
-    "final": lambda val: val.epoch,
-    "best": lambda val: val.score.fillna(-np.inf),
+    "final": lambda val, metrics: val.epoch,
+    "best": lambda val, metrics: val.score.fillna(val[metrics].mean(axis=1)).fillna(-np.inf),
 }
 NO_VOTED_PIXELS = (
     "Majority votes label specimens and patients, not pixels: there is no image- or "
@@ -89,7 +91,8 @@ def select_epochs(epochs: pd.DataFrame, level: str = "patch", epoch: str = "fina
     val["score"] = score(val, score_metrics_at(level))
     if val.empty:
         return val
-    chosen = EPOCH_KEYS[epoch](val).groupby([val.trial_id, val.fold]).idxmax()
+    key = EPOCH_KEYS[epoch](val, list(score_metrics_at(level)))
+    chosen = key.groupby([val.trial_id, val.fold]).idxmax()
     return val.loc[chosen.to_numpy()].reset_index(drop=True)
 
 

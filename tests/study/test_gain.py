@@ -127,3 +127,34 @@ def test_the_original_conclusions_established_or_not_by_the_folds():
     assert "1 of 2 Dice configurations are established worse" in sentence
     no_bce = trials.assign(seg_loss="dice")
     assert original_conclusions_sentence(stats, no_bce, labels) is None
+
+
+def test_a_baseline_is_never_the_best_trial_and_its_best_epoch_is_its_own_tasks():
+    from study.results.export import choose_trial
+    from study.stats.selection import select_epochs
+
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["only-pattern", "mt"],
+            "status": ["completed"] * 2,
+            "cv_score": [math.nan, 0.5],
+        }  # fmt: skip
+    )
+    assert choose_trial(trials, "best").trial_id == "mt"
+    nan = math.nan
+    epochs = pd.DataFrame(
+        [
+            {
+                "trial_id": "only-pattern",
+                "fold": "A",
+                "epoch": e,
+                "split": "val",
+                "pixel_acc": nan,
+                "pattern_acc": p,
+                "intensity_acc": nan,
+            }
+            for e, p in ((1, 0.3), (2, 0.7), (3, 0.5))
+        ]  # fmt: skip
+    )
+    best = select_epochs(epochs, "patch", "best")
+    assert best.epoch.tolist() == [2]  # by its pattern accuracy, not the first epoch

@@ -122,6 +122,12 @@ def test_task_metrics_and_baselines_are_checked():
         dataclasses.replace(smoke(), task_metrics={"seg": "dice"})
     with pytest.raises(ValueError, match="baselines are compared with configurations that train"):
         dataclasses.replace(smoke(), baselines=True, train=smoke().train.replace(tasks="pattern"))
+    with pytest.raises(
+        ValueError, match=r"configurations\[2\] and the baseline \{'tasks': 'seg'\}"
+    ):
+        dataclasses.replace(
+            smoke(), baselines=True, configurations=(*smoke().configurations, {"tasks": "seg"})
+        )
     study = dataclasses.replace(smoke(), baselines=True)
     assert study.num_trials == 2 + 3 and "tasks" in study.varying
     assert [c.tasks for c in study.train_configs()[-3:]] == [("seg",), ("pattern",), ("intensity",)]

@@ -215,6 +215,8 @@ def test_a_grid_with_baselines_labels_them_by_their_task(ray_local, tmp_path):
     assert front.schema.metadata[b"table"] == b"front" and front.num_rows == 2 * 3
     assert all(front.column("on_front").to_pylist())
     assert (tmp_path / "grid" / "front.png").exists()
+    stats = pd.read_parquet(tmp_path / "grid" / "stats.parquet")  # the baselines have no score
+    assert set(stats.trial_id) == set(trials.trial_id[trials.tasks.map(len) == 3])
     gains = pd.read_csv(tmp_path / "grid" / "gains.csv")
     assert len(gains) == 2 * 4 and (gains.verdict == "equivalent").all()
     assert (gains["mean"] == 0).all() and set(gains.term) == {"delta_m", "seg", "pattern",
