@@ -253,7 +253,11 @@ def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.Da
     from study.stats.selection import study_per_fold
 
     # The single-task baselines have no score: they are compared in Δm, not with the others.
-    multi_task = trials[trials.tasks.map(len) == len(TASKS)] if "tasks" in trials else trials
+    # (A trial of a study begun before `tasks` existed has none: it trained all three.)
+    all_tasks = trials.get("tasks", pd.Series(None, index=trials.index, dtype=object)).map(
+        lambda tasks: tasks is None or len(tasks) == len(TASKS)
+    )
+    multi_task = trials[all_tasks]
     per_fold = study_per_fold(epochs, multi_task)
     if len(per_fold):
         stats = compare_to_best(per_fold, folds_per_repeat=study.train.num_folds)
