@@ -223,3 +223,31 @@ def test_a_restored_search_runs_with_this_run_s_concurrency(tmp_path):
     grid = limit_concurrency(grid, 1)
     grid.set_state(saved)
     assert grid._max_concurrent == 1
+
+
+def test_a_restored_search_does_not_hand_out_its_baselines_again(tmp_path):
+    """--baselines in a search: the baselines go to the first trials, Optuna never hears of
+    them, and a study saved and restored as Tune does it (SearchGenerator's save_to_dir and
+    restore_from_dir, which walk the wrappers) goes on with Optuna's proposals."""
+    from ray.tune.search import SearchGenerator
+
+    from study.driver.search import WithBaselines
+
+    baselines = ({"tasks": "seg"}, {"tasks": "pattern"}, {"tasks": "intensity"})
+
+    def searcher(folder):
+        chain = limit_concurrency(WithBaselines(_searcher(folder), baselines), 4)
+        return SearchGenerator(chain)
+
+    first = searcher(tmp_path)
+    chain = first.searcher
+    assert [chain.suggest(f"t{k}") for k in range(2)] == list(baselines[:2])
+    chain.on_trial_complete("t0", {"cv_score": float("nan"), "epoch": 1, "epochs": 1})
+    assert chain.suggest("t2") == baselines[2]
+    first.save_to_dir(str(tmp_path), session_str="first")
+
+    restored = searcher(tmp_path)
+    restored.restore_from_dir(str(tmp_path))
+    proposal = restored.searcher.suggest("t3")
+    assert "tasks" not in proposal and "optuna_trial" in proposal  # Optuna's, not a baseline
+    assert len(_study(tmp_path).trials) == 1  # only that proposal: no baseline was told
