@@ -95,11 +95,10 @@ def build_tuner(prepared: PreparedStudy):
         # Each configuration is one point to evaluate; every point names every varying field
         # (the base value where it has none), so nothing is ever sampled at random.
         keys = study.varying
-        # A grid's tasks as the baselines carry them (Tune would take a tuple apart).
-        base = dataclasses.asdict(study.train) | {"tasks": ",".join(study.train.tasks)}
+        base = dataclasses.asdict(study.train)
         configurations = (*(study.configurations or ({},)), *study.baseline_points)
         points = [{k: c.get(k, base[k]) for k in keys} for c in configurations]
-        for point in points:  # tasks as a string in every point, as the base's
+        for point in points:  # tasks as --set writes them: Tune would take a tuple apart
             if not isinstance(point.get("tasks", ""), str):
                 point["tasks"] = ",".join(point["tasks"])
         param_space = {k: tune.choice([p[k] for p in points]) for k in keys}
@@ -250,15 +249,10 @@ def finish(study: StudyConfig, folder: Path, epochs: pd.DataFrame, trials: pd.Da
     from study.driver.holdout import evaluate_test_set
     from study.stats import compare_to_best, write_stats
     from study.stats.front import task_front
-    from study.stats.selection import study_per_fold
+    from study.stats.selection import study_per_fold, task_counts
 
     # The single-task baselines have no score: they are compared in Δm, not with the others.
-    # (A trial of a study begun before `tasks` existed has none: it trained all three.)
-    all_tasks = trials.get("tasks", pd.Series(None, index=trials.index, dtype=object)).map(
-        lambda tasks: tasks is None or len(tasks) == len(TASKS)
-    )
-    multi_task = trials[all_tasks]
-    per_fold = study_per_fold(epochs, multi_task)
+    per_fold = study_per_fold(epochs, trials[task_counts(trials) == len(TASKS)])
     if len(per_fold):
         stats = compare_to_best(per_fold, folds_per_repeat=study.train.num_folds)
         write_stats(stats, folder, study.name)

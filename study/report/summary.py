@@ -20,6 +20,8 @@ from mtl import SCORE_METRICS, TASK_HEADLINES, TASKS, TrainConfig
 from study.stats import compare_to_best
 from study.stats.selection import (
     level_metrics,
+    task_counts,
+    voted_column,
 )
 
 # Every metric with its level in its name, for tables that mix levels.
@@ -297,13 +299,6 @@ def optimism_sentence(table: pd.DataFrame, metric: str = "score") -> str:
     )
 
 
-def task_counts(trials: pd.DataFrame) -> pd.Series:
-    """How many tasks each trial trains (all three in a table written before `tasks`)."""
-    if "tasks" not in trials:
-        return pd.Series(len(TASKS), index=trials.index)
-    return trials.tasks.map(lambda tasks: len(TASKS) if tasks is None else len(tasks))
-
-
 def baseline_trials(trials: pd.DataFrame) -> dict[str, str]:
     """task -> the completed trial that trained that task alone (a single-task baseline);
     a task with none, or with more than one (which would be ambiguous), is left out."""
@@ -328,19 +323,13 @@ def task_gains(
     selected epochs, each task's headline metric at `level`); None without all three
     baselines or a configuration to compare."""
     from study.stats.gain import delta_m
-    from study.stats.selection import voted_column
 
     baselines = baseline_trials(results.trials)
     configurations = multi_task_trials(results.trials)
     if set(baselines) != set(TASKS) or configurations.empty:
         return None
-    metrics = {task: voted_column(m, level) for task, m in results.task_metrics.items()}
-    keys = [c for c in ("trial_id", "repeat", "fold") if c in selected]
-    rows = selected[selected.trial_id.isin({*configurations, *baselines.values()})]
-    return delta_m(
-        rows[[*keys, *dict.fromkeys(metrics.values())]], baselines, metrics,
-        folds_per_repeat=results.num_folds, rope=rope,
-    )  # fmt: skip
+    rows, metrics = _headline_rows(results, selected, level, {*configurations, *baselines.values()})
+    return delta_m(rows, baselines, metrics, folds_per_repeat=results.num_folds, rope=rope)
 
 
 def gain_sentence(gains: pd.DataFrame, labels: pd.Series, rope: float) -> str:
@@ -383,19 +372,24 @@ def task_fronts(
     (study.stats.front.task_front on the selected epochs, each task's headline metric at
     `level`); None with fewer than two of them."""
     from study.stats.front import task_front
-    from study.stats.selection import voted_column
 
     configurations = multi_task_trials(results.trials)
     if len(configurations) < 2:
         return None
+    rows, metrics = _headline_rows(results, selected, level, set(configurations))
+    front = task_front(rows, metrics, folds_per_repeat=results.num_folds, rope=rope)
+    return front if len(front) else None
+
+
+def _headline_rows(
+    results: Results, selected: pd.DataFrame, level: str, trial_ids: set[str]
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The selected rows of `trial_ids` with their keys and each task's headline metric at
+    `level` (by votes where votes have it), and task -> that metric's column."""
     metrics = {task: voted_column(m, level) for task, m in results.task_metrics.items()}
     keys = [c for c in ("trial_id", "repeat", "fold") if c in selected]
-    rows = selected[selected.trial_id.isin(configurations)]
-    front = task_front(
-        rows[[*keys, *dict.fromkeys(metrics.values())]], metrics,
-        folds_per_repeat=results.num_folds, rope=rope,
-    )  # fmt: skip
-    return front if len(front) else None
+    rows = selected[selected.trial_id.isin(trial_ids)]
+    return rows[[*keys, *dict.fromkeys(metrics.values())]], metrics
 
 
 def front_sentence(front: pd.DataFrame, labels: pd.Series, rope: float) -> str:
@@ -447,8 +441,6 @@ def original_conclusions_sentence(
     it; where the best is a BCE one and every Dice one is established worse, the folds
     establish the opposite; else neither. Likewise BCE for the intensity. None unless both
     losses have completed configurations."""
-    from study.stats.selection import voted_column
-
     if not len(stats) or "seg_loss" not in trials:
         return None
     loss = trials.set_index("trial_id").seg_loss

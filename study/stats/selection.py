@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mtl import METRIC_LEVELS, score, score_metrics_at
+from mtl import METRIC_LEVELS, TASKS, score, score_metrics_at
 from study.stats import KEY_COLUMNS, STUDY_METRICS
 
 LEVELS = {
@@ -94,6 +94,13 @@ def select_epochs(epochs: pd.DataFrame, level: str = "patch", epoch: str = "fina
     key = EPOCH_KEYS[epoch](val, list(score_metrics_at(level)))
     chosen = key.groupby([val.trial_id, val.fold]).idxmax()
     return val.loc[chosen.to_numpy()].reset_index(drop=True)
+
+
+def task_counts(trials: pd.DataFrame) -> pd.Series:
+    """How many tasks each trial trains (all three in a table written before `tasks`)."""
+    if "tasks" not in trials:
+        return pd.Series(len(TASKS), index=trials.index)
+    return trials.tasks.map(lambda tasks: len(TASKS) if tasks is None else len(tasks))
 
 
 def study_per_fold(epochs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:

@@ -43,18 +43,24 @@ class ScriptedTrainer(mtl.ScriptedTrainer):
         return fold_score(self.config.alpha, self.fold, self.epoch)
 
 
-def test_asha_uses_the_fold_mean_and_optuna_records_pruned_trials(ray_local, tmp_path):
-    study = StudyConfig(
-        name="asha",
+def _alpha_search(name: str, **fields) -> StudyConfig:
+    """A GradNorm search over alpha, 4 epochs, pruned by ASHA from epoch 1, one trial at a
+    time (ASHA's rungs fill in a fixed order)."""
+    return StudyConfig(
+        name=name,
         train=smoke().train.replace(epochs=4, balancer="gradnorm"),
         space={"alpha": LogUniform(0.05, 1.0)},
-        num_samples=10,
         scheduler="asha",
         grace_period=1,
         reduction_factor=2,
-        max_concurrent=1,  # one at a time: ASHA's rungs fill in a fixed order
+        max_concurrent=1,
         synthetic=smoke().synthetic,
+        **fields,
     )
+
+
+def test_asha_uses_the_fold_mean_and_optuna_records_pruned_trials(ray_local, tmp_path):
+    study = _alpha_search("asha", num_samples=10)
     study = prepare_data(study, tmp_path)
     _, trials = run_study(StudyRequest(study, tmp_path, trainer=ScriptedTrainer))
 
@@ -139,19 +145,7 @@ def test_a_multi_objective_search_with_baselines(ray_local, tmp_path):
     only. The three baselines (tasks=seg, pattern, intensity) train the study's epochs and
     folds to the end (ASHA, which stops weak searched trials, never stops them: their score
     is undefined) and Optuna never hears of them."""
-    study = StudyConfig(
-        name="tasks",
-        train=smoke().train.replace(epochs=4, balancer="gradnorm"),
-        space={"alpha": LogUniform(0.05, 1.0)},
-        num_samples=6,
-        scheduler="asha",
-        grace_period=1,
-        reduction_factor=2,
-        max_concurrent=1,
-        synthetic=smoke().synthetic,
-        objective="tasks",
-        baselines=True,
-    )
+    study = _alpha_search("tasks", num_samples=6, objective="tasks", baselines=True)
     assert study.objectives == ("pixel_acc", "pattern_acc", "intensity_acc")
     assert study.num_trials == 6 + 3
     study = prepare_data(study, tmp_path)
