@@ -102,7 +102,7 @@ def syncs_per_step(device: torch.device, steps: int = 5) -> float | None:
 
     config = tiny()
     model = MultiTaskUNet.from_config(config).to(device).channels_last()
-    balancer = build_balancer("gradnorm", model.shared_parameters()).to(device)
+    balancer = build_balancer("gradnorm", model).to(device)
     optimizer = torch.optim.Adam(model.parameters(), fused=True)
     sums = RunningSums(device)
     g = torch.Generator().manual_seed(0)

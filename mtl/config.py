@@ -26,7 +26,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "augment": ("none", "basic"),  # mtl.data.augment.AUGMENTATIONS
     "head": ("flatten", "pool"),  # mtl.model.HEADS
     "seg_loss": ("dice", "bce"),  # mtl.losses.SEG_LOSSES
-    "balancer": ("equal", "gradnorm", "uncertainty", "dwa"),  # mtl.balancing.BALANCERS
+    "balancer": (  # mtl.balancing.BALANCERS
+        "equal",
+        "gradnorm",
+        "uncertainty",
+        "dwa",
+        "rlw",
+        "famo",
+        "fixed",
+        "upgrad",
+        "pcgrad",
+        "mgda",
+        "cagrad",
+        "nashmtl",
+    ),
     "lr_schedule": ("constant", "cosine"),  # mtl.trainer.LR_SCHEDULES
     "device": ("auto", "cpu", "cuda"),  # mtl.trainer.DEVICES
 }
@@ -37,6 +50,10 @@ EPOCH_DEPENDENT_SCHEDULES = frozenset({"cosine"})
 # balancers take these defaults from here.
 ALPHA = 0.12
 BALANCER_LR = 0.025
+# FAMO's decay of its task-weight logits (Liu et al. 2023, Algorithm 2: gamma = 1e-3).
+FAMO_DECAY = 1e-3
+# CAGrad's radius c (Liu et al. 2021: 0.4 on NYU-v2 and Cityscapes, dense prediction).
+CAGRAD_C = 0.4
 
 
 def check_registry(field: str, registry: Mapping[str, object]) -> None:
@@ -112,7 +129,14 @@ class TrainConfig:
     seg_loss: str = "dice"
     balancer: str = "equal"
     alpha: float = ALPHA  # GradNorm's asymmetry
-    balancer_lr: float = BALANCER_LR  # the task weights' own Adam
+    balancer_lr: float = BALANCER_LR  # the task weights' own Adam (GradNorm, uncertainty, FAMO)
+    famo_decay: float = FAMO_DECAY  # FAMO: weight decay of its task-weight logits
+    cagrad_c: float = CAGRAD_C  # CAGrad: how far the update may move from the mean gradient
+    # `fixed`: each task's weight, relative (normalised onto the simplex, then scaled to sum
+    # to the number of tasks trained: equal values train exactly as `equal`).
+    weight_seg: float = 1.0
+    weight_pattern: float = 1.0
+    weight_intensity: float = 1.0
     epochs: int = 30
     batch_size: int = 8
     lr: float = 1e-4
@@ -140,8 +164,11 @@ class TrainConfig:
         _check_positive("batch_size", self.batch_size)
         _check_positive("lr", self.lr)
         _check_positive("balancer_lr", self.balancer_lr)
-        if not self.alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha!r}")
+        for name in ("alpha", "famo_decay", "cagrad_c"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for task in TASKS:
+            _check_positive(f"weight_{task}", getattr(self, f"weight_{task}"))
         if self.num_folds < 2:
             raise ValueError(f"num_folds must be at least 2, got {self.num_folds}")
         if not 0.0 <= self.max_skipped_share <= 1.0:

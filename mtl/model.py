@@ -22,10 +22,21 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
+class SplitFeatures(NamedTuple):
+    """The encoder's outputs, where the tasks part ways, cut from what reads them: the
+    decoder and the heads read `inputs`, leaf copies of `encoder`'s tensors. A task's loss
+    differentiated with respect to `inputs` gives its partial derivative at each feature;
+    the gradient aggregations (mtl.balancing.JacobianDescent) take it from there."""
+
+    encoder: tuple[torch.Tensor, ...]  # in the encoder's graph
+    inputs: tuple[torch.Tensor, ...]  # detached copies, requiring grad, in the same order
+
+
 class MultiTaskOutput(NamedTuple):
     mask: torch.Tensor  # (B, 1, H, W) logits
     pattern: torch.Tensor  # (B, 7) logits
     intensity: torch.Tensor  # (B,) logit of "positive"
+    split: SplitFeatures | None = None  # forward(..., split=True) only
 
 
 def _flatten_head(channels: int, side: int, hidden: int, outputs: int) -> nn.Module:
@@ -88,6 +99,7 @@ class MultiTaskUNet(nn.Module):
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
         self._shared: list[nn.Parameter] | None = None
+        self._encoder: list[nn.Parameter] | None = None
         self.input_format = torch.contiguous_format  # see channels_last()
 
     @classmethod
@@ -118,15 +130,43 @@ class MultiTaskUNet(nn.Module):
         normalised = (images.expand(-1, 3, -1, -1) - self.mean) / self.std
         return normalised.contiguous(memory_format=self.input_format)
 
-    def forward(self, images: torch.Tensor) -> MultiTaskOutput:
+    def forward(self, images: torch.Tensor, split: bool = False) -> MultiTaskOutput:
+        """The three outputs; `split`: the decoder and the heads read leaf copies of the
+        encoder's outputs (`MultiTaskOutput.split`), so that backward stops there."""
         features = self.unet.encoder(self.normalise(images))
+        cut = None
+        if split:
+            # The first "feature" is the input itself, which no parameter made.
+            made = [f for f in features if f.requires_grad]
+            leaves = [f.detach().requires_grad_() for f in made]
+            cut = SplitFeatures(encoder=tuple(made), inputs=tuple(leaves))
+            copies = iter(leaves)
+            features = [next(copies) if f.requires_grad else f for f in features]
         mask = self.unet.segmentation_head(self.unet.decoder(features))
         bottleneck = features[-1]
         return MultiTaskOutput(
             mask=mask,
             pattern=self.pattern_head(bottleneck),
             intensity=self.intensity_head(bottleneck).squeeze(1),
+            split=cut,
         )
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Every encoder parameter that the features depend on, in the encoder's order: what
+        the tasks share (the Jacobian balancers aggregate the tasks' gradients on them)."""
+        if self._encoder is None:
+            side = 2 * 2**self.encoder_depth
+            probe = torch.zeros(1, 1, side, side, device=self.mean.device)
+            parameters = [p for p in self.unet.encoder.parameters() if p.requires_grad]
+            was_training = self.training
+            self.eval()
+            with torch.enable_grad():
+                features = [f for f in self.unet.encoder(self.normalise(probe)) if f.requires_grad]
+                total = sum(f.sum() for f in features)
+                grads = torch.autograd.grad(total, parameters, allow_unused=True)
+            self.train(was_training)
+            self._encoder = [p for p, g in zip(parameters, grads, strict=True) if g is not None]
+        return self._encoder
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """W for GradNorm: the last weight tensor of the encoder's final block.

@@ -134,8 +134,7 @@ class FoldTrainer:
         # of the small model there, at 1 and 2 threads (bench/cpu_step.py).
         fused = self.device.type in ("cuda", "cpu")
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=fused)
-        shared = self.model.shared_parameters()
-        self.balancer = balancer_from_config(config, shared).to(self.device)
+        self.balancer = balancer_from_config(config, self.model).to(self.device)
         # Positions in TASKS of the tasks trained: the balancer sees their losses only.
         self.trained = [TASKS.index(task) for task in config.tasks]
         options = {"num_workers": config.num_workers, "pin_memory": cuda, "seed": config.seed}
@@ -211,16 +210,30 @@ class FoldTrainer:
         # keep a copy to put back (one fused copy; the buffers are small).
         torch._foreach_copy_(self._saved_buffers, self._buffers)
         with self._autocast():
-            output = self.model(batch["image"])
+            output = self.model(batch["image"], split=self.balancer.needs_split)
         losses = task_losses(output, batch, self.config.seg_loss)
         self.optimizer.zero_grad(set_to_none=True)
-        self.balancer.backward([losses[i] for i in self.trained])
+        self.balancer.backward([losses[i] for i in self.trained], output.split)
         if self.balancer.nonfinite_tasks:
             torch._foreach_copy_(self._buffers, self._saved_buffers)
             return tuple(self.config.tasks[i] for i in self.balancer.nonfinite_tasks)
         self.optimizer.step()
         sums.update(output, batch, losses)
+        if self.balancer.wants_losses_after_step:
+            self._losses_after_step(batch)
         return ()
+
+    @torch.no_grad()
+    def _losses_after_step(self, batch: dict[str, torch.Tensor]) -> None:
+        """The same batch's task losses after the optimizer step, for the balancer (FAMO):
+        forward in training mode, as the step's own losses were, with BatchNorm's running
+        statistics put back afterwards (this pass is a measurement, not a step)."""
+        torch._foreach_copy_(self._saved_buffers, self._buffers)
+        with self._autocast():
+            output = self.model(batch["image"])
+        losses = task_losses(output, batch, self.config.seg_loss)
+        torch._foreach_copy_(self._buffers, self._saved_buffers)
+        self.balancer.after_step([losses[i] for i in self.trained])
 
     @torch.inference_mode()
     def evaluate(self, progress: Callable[[int], None] | None = None) -> SplitMetrics:

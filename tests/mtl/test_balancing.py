@@ -19,7 +19,7 @@ from mtl.balancing import (
 )
 from mtl.config import CHOICES, TrainConfig, is_active, small, tiny
 from mtl.losses import task_losses
-from mtl.model import MultiTaskUNet
+from mtl.model import MultiTaskUNet, SplitFeatures
 
 SCALES = (100.0, 1.0, 0.01)  # losses of very different sizes
 
@@ -39,9 +39,20 @@ class Toy(nn.Module):
         self.x = torch.randn(16, 4)
         self.y = torch.randn(16, 1)
 
-    def losses(self) -> list[torch.Tensor]:
-        """Separate scalar losses, as mtl.losses.task_losses returns them."""
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [self.shared.weight]
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.shared.parameters())
+
+    def losses(self, split: bool = False) -> list[torch.Tensor]:
+        """Separate scalar losses, as mtl.losses.task_losses returns them; with `split`, the
+        heads read a leaf copy of the shared layer's output (`self.split`, as the model's)."""
         h = torch.tanh(self.shared(self.x))
+        self.split = None
+        if split:
+            self.split = SplitFeatures(encoder=(h,), inputs=(h.detach().requires_grad_(),))
+            h = self.split.inputs[0]
         return [
             s * (head(h) - self.y).pow(2).mean()
             for s, head in zip(self.scales, self.heads, strict=True)
@@ -60,8 +71,11 @@ def _grad_norms_on_w(toy: Toy) -> torch.Tensor:
 
 def _network_step(toy: Toy, balancer, optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
-    balancer.backward(toy.losses())
+    balancer.backward(toy.losses(balancer.needs_split), toy.split)
     optimizer.step()
+    if balancer.wants_losses_after_step:
+        with torch.no_grad():
+            balancer.after_step(toy.losses())
 
 
 def test_network_gradients_are_those_of_the_weighted_sum():
@@ -147,14 +161,14 @@ def test_alpha_zero_with_equal_gradient_norms_keeps_weights_equal():
 @pytest.mark.parametrize("name", sorted(BALANCERS))
 def test_a_nan_loss_is_skipped_and_counted(name):
     toy = Toy()
-    balancer = build_balancer(name, [toy.shared.weight])
+    balancer = build_balancer(name, toy)
     optimizer = torch.optim.SGD(toy.parameters(), lr=0.01)
     _network_step(toy, balancer, optimizer)
     weights = balancer.weights.clone()
-    losses = toy.losses()
+    losses = toy.losses(balancer.needs_split)
     losses[1] = losses[1] * math.nan
     optimizer.zero_grad(set_to_none=True)
-    balancer.backward(losses)
+    balancer.backward(losses, toy.split)
     assert all(p.grad is None for p in toy.parameters())  # the optimizer step is a no-op
     torch.testing.assert_close(balancer.weights, weights)
     assert torch.isfinite(balancer.weights).all()
@@ -232,7 +246,7 @@ def test_uncertainty_weights_are_exp_minus_log_variance():
 def test_each_balancer_trains_the_tiny_model_and_round_trips(name):
     torch.manual_seed(0)
     model = MultiTaskUNet.from_config(tiny())
-    balancer = build_balancer(name, model.shared_parameters(), alpha=0.5, balancer_lr=0.05)
+    balancer = build_balancer(name, model, alpha=0.5, balancer_lr=0.05)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
     batch = {
@@ -244,8 +258,12 @@ def test_each_balancer_trains_the_tiny_model_and_round_trips(name):
 
     def step(balancer):
         optimizer.zero_grad(set_to_none=True)
-        total = balancer.backward(task_losses(model(batch["image"]), batch, "bce"))
+        output = model(batch["image"], split=balancer.needs_split)
+        total = balancer.backward(task_losses(output, batch, "bce"), output.split)
         optimizer.step()
+        if balancer.wants_losses_after_step:
+            with torch.no_grad():
+                balancer.after_step(task_losses(model(batch["image"]), batch, "bce"))
         return total
 
     for epoch in range(3):
@@ -255,7 +273,7 @@ def test_each_balancer_trains_the_tiny_model_and_round_trips(name):
     assert torch.isfinite(balancer.weights).all()
 
     state = copy.deepcopy(balancer.state_dict())
-    restored = build_balancer(name, model.shared_parameters(), alpha=0.5, balancer_lr=0.05)
+    restored = build_balancer(name, model, alpha=0.5, balancer_lr=0.05)
     restored.load_state_dict(state)
     torch.testing.assert_close(restored.weights, balancer.weights)
     if name == "gradnorm":
@@ -265,21 +283,23 @@ def test_each_balancer_trains_the_tiny_model_and_round_trips(name):
         copy.deepcopy(model.state_dict()),
         copy.deepcopy(optimizer.state_dict()),
     )
+    rng = torch.get_rng_state()  # a checkpoint's, for RLW's draws
     step(balancer)
     model.load_state_dict(model_state)
     optimizer.load_state_dict(optimizer_state)
+    torch.set_rng_state(rng)
     step(restored)
     torch.testing.assert_close(restored.weights, balancer.weights)
 
 
 def test_unknown_balancer_lists_the_choices():
-    with pytest.raises(ValueError, match="equal, gradnorm, uncertainty, dwa"):
-        build_balancer("pcgrad", [])
+    with pytest.raises(ValueError, match="expected one of equal, gradnorm, uncertainty, dwa, rlw"):
+        build_balancer("pcgard", Toy())
 
 
 def test_unknown_balancer_fields_are_refused():
     with pytest.raises(TypeError, match="no balancer reads alhpa; they read alpha, balancer_lr"):
-        build_balancer("gradnorm", [nn.Parameter(torch.ones(2))], alhpa=0.5)
+        build_balancer("gradnorm", Toy(), alhpa=0.5)
 
 
 def test_the_config_names_every_balancer_of_the_registry():
@@ -298,14 +318,22 @@ def test_a_balancer_reads_exactly_the_config_fields_its_constructor_takes(name):
 
 
 def test_a_balancer_gets_the_configuration_values_it_reads():
-    shared = [nn.Parameter(torch.ones(2, 2))]
+    toy = Toy()
     config = TrainConfig(balancer="gradnorm", alpha=0.7, balancer_lr=0.3)
-    gradnorm = balancer_from_config(config, shared)
+    gradnorm = balancer_from_config(config, toy)
     assert gradnorm.alpha == 0.7 and gradnorm.optimizer.param_groups[0]["lr"] == 0.3
-    uncertainty = balancer_from_config(config.replace(balancer="uncertainty"), shared)
+    uncertainty = balancer_from_config(config.replace(balancer="uncertainty"), toy)
     assert uncertainty.optimizer.param_groups[0]["lr"] == 0.3
+    famo = balancer_from_config(config.replace(balancer="famo", famo_decay=0.02), toy)
+    assert famo.optimizer.param_groups[0]["lr"] == 0.3
+    assert famo.optimizer.param_groups[0]["weight_decay"] == 0.02
+    assert balancer_from_config(config.replace(balancer="cagrad", cagrad_c=0.7), toy).c == 0.7
+    fixed = config.replace(
+        balancer="fixed", weight_seg=2.0, weight_pattern=1.0, tasks="seg,pattern"
+    )
+    assert balancer_from_config(fixed, toy).weights.tolist() == pytest.approx([4 / 3, 2 / 3])
     # One call builds every balancer alike: a field a balancer does not read is ignored.
-    assert build_balancer("equal", shared, alpha=0.7, balancer_lr=0.3).weights.tolist() == [1.0] * 3
+    assert build_balancer("equal", toy, alpha=0.7, balancer_lr=0.3).weights.tolist() == [1.0] * 3
 
 
 def test_the_declared_fields_decide_what_is_active(monkeypatch):

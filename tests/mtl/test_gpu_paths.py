@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mtl.balancing import BALANCERS, build_balancer
+from mtl.balancing import BALANCERS, JacobianDescent, build_balancer
 from mtl.config import tiny
 from mtl.loop import read_checkpoint
 from mtl.losses import task_losses
@@ -48,8 +48,13 @@ def _batch(size: int = 64, n: int = 4) -> dict[str, torch.Tensor]:
     }
 
 
+# The loss weightings; a gradient aggregation's solver runs on the host (TorchJD's QP and
+# convex solvers take the Gramian there), a sync by design.
+LOSS_WEIGHTINGS = sorted(n for n, c in BALANCERS.items() if not issubclass(c, JacobianDescent))
+
+
 @pytest.mark.parametrize("seg_loss", ["dice", "bce"])
-@pytest.mark.parametrize("name", sorted(BALANCERS))
+@pytest.mark.parametrize("name", LOSS_WEIGHTINGS)
 def test_a_training_step_syncs_with_the_host_once(name, seg_loss):
     """Losses, the balancer's backward and the metric sums: one sync, the non-finite check.
 
@@ -58,7 +63,7 @@ def test_a_training_step_syncs_with_the_host_once(name, seg_loss):
     """
     torch.manual_seed(0)
     model = MultiTaskUNet.from_config(tiny())
-    balancer = build_balancer(name, model.shared_parameters())
+    balancer = build_balancer(name, model)
     sums = RunningSums(torch.device("cpu"))
     batch = _batch()
     optimizer = getattr(balancer, "optimizer", None)
