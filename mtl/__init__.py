@@ -27,6 +27,7 @@ _PUBLIC = {
     "add_version_option": "mtl.config",
     "package_version": "mtl.config",
     "is_active": "mtl.config",
+    "CHOICES": "mtl.config",
     # the result schema (no torch)
     "EpochMetrics": "mtl.schema",
     "SplitMetrics": "mtl.schema",
@@ -117,6 +118,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and editors; at run time names load on first use
     from mtl.balancing import BALANCERS, GradNorm, build_balancer
     from mtl.config import (
+        CHOICES,
         EPOCH_DEPENDENT_SCHEDULES,
         TrainConfig,
         add_overrides_option,

@@ -30,6 +30,7 @@ from study.driver.prepare import StudyRequest, prepare
 from study.driver.tuner import execute
 from study.spec.presets import PRESETS, StudyConfig, apply_overrides, get_preset
 from study.spec.record import load_study_file
+from study.spec.space import Choice
 from study.storage import is_uri
 from study.trackers.backends import TRACKERS
 
@@ -67,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=list(PRESETS),
         help="demo (default): a short search on synthetic data, minutes on a laptop "
         "CPU; smoke: seconds, for tests; paper: the original six configurations; "
-        "search: Optuna + ASHA over alpha, epochs, losses and balancers",
+        "search: Optuna + ASHA over alpha, epochs, losses and balancers; balancers: every "
+        "balancer under one tuning budget, against tuned fixed weights",
     )
     source.add_argument(
         "--config",
@@ -169,6 +171,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "every configuration's gain over them per task, with fold-paired verdicts",
     )
     p.add_argument(
+        "--trials-per-balancer",
+        type=int,
+        metavar="N",
+        help="give every balancer of the search space exactly N Optuna trials (num_samples "
+        "becomes N x the balancers): one tuning budget for all, as the balancers preset "
+        "compares them",
+    )
+    p.add_argument(
         "--tracker",
         action="append",
         choices=list(TRACKERS),
@@ -208,6 +218,13 @@ def resolve_study(args: argparse.Namespace) -> StudyConfig:
         "baselines": args.baselines,
         "objective": args.objective,
     }
+    if args.trials_per_balancer is not None:
+        # num_samples follows: this many for each balancer of the space.
+        balancers = study.space.get("balancer")
+        count = len(balancers.values) if isinstance(balancers, Choice) else 0
+        changes["trials_per_balancer"] = args.trials_per_balancer
+        if changes["num_samples"] is None:
+            changes["num_samples"] = args.trials_per_balancer * count or study.num_samples
     return dataclasses.replace(study, **{k: v for k, v in changes.items() if v is not None})
 
 

@@ -96,13 +96,22 @@ class PruneAwareOptunaSearch(OptunaSearch):
       MAX_REPEATED_PROPOSALS repeats in a row the space holds nothing new: the search ends.
     """
 
-    def __init__(self, *args, folder: str = "", **kwargs):
+    def __init__(self, *args, folder: str = "", budgets: Mapping[str, int] | None = None,
+                 **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self._folder = folder
         self._repeats: dict[str, list] = {}  # Tune trial id -> repeated proposals of it
+        self._budgets = dict(budgets or {})  # balancer -> its Optuna trials (one budget each)
 
     def suggest(self, trial_id: str) -> dict | None:
         for _ in range(MAX_REPEATED_PROPOSALS):
+            if self._budgets:
+                balancer = self._next_balancer()
+                if balancer is None:
+                    return Searcher.FINISHED
+                # Optuna's own way to fix a parameter of its next trial: the rest of the
+                # space (that balancer's fields, the shared ones) is sampled as usual.
+                self._ot_study.enqueue_trial({"balancer": balancer}, skip_if_exists=False)
             params = super().suggest(trial_id)
             trial = self._ot_trials[trial_id]
             original = self._trained_as(trial)
@@ -119,6 +128,20 @@ class PruneAwareOptunaSearch(OptunaSearch):
             MAX_REPEATED_PROPOSALS,
         )
         return Searcher.FINISHED
+
+    def _next_balancer(self) -> str | None:
+        """The balancer with the fewest Optuna trials so far (repeats count: a balancer with
+        nothing left to vary spends its budget on them), or None when each has its budget."""
+        import optuna
+
+        counts = dict.fromkeys(self._budgets, 0)
+        for trial in self._ot_study.get_trials(deepcopy=False):
+            if trial.state != optuna.trial.TrialState.WAITING:
+                balancer = trial.params.get("balancer")
+                if balancer in counts:
+                    counts[balancer] += 1
+        open_ = [b for b, n in counts.items() if n < self._budgets[b]]
+        return min(open_, key=lambda b: counts[b]) if open_ else None
 
     def _trained_as(self, trial) -> str | None:
         """The Tune trial id of a trial of this search (running or finished) whose
@@ -230,11 +253,14 @@ def optuna_search(
     warm_start: Sequence[Mapping] = (),
     sampler: str = "tpe",
     objectives: Sequence[str] = (),
+    budgets: Mapping[str, int] | None = None,
 ) -> PruneAwareOptunaSearch:
     """An Optuna searcher over the conditional `space`, whose study lives in
     FOLDER/optuna.db (SQLite). It maximises the cross-validated score, or with `objectives`
     (validation metrics) each of their cross-validated values, in their directions
     (mtl.METRIC_DIRECTIONS): a multi-objective study whose `best_trials` is its front.
+    `budgets` (balancer -> trials): each balancer gets exactly its number of trials, in
+    turn, the others of the space sampled for it (StudyConfig.trials_per_balancer).
 
     `optuna-dashboard sqlite:///FOLDER/optuna.db` and Optuna's plots open it, and a later
     study with the same name extends it.
@@ -268,6 +294,7 @@ def optuna_search(
         # Enqueued in the Optuna study: the first trials evaluate these, in this order.
         points_to_evaluate=[dict(p) for p in warm_start] or None,
         folder=str(folder.resolve()),
+        budgets=budgets,
     )
 
 

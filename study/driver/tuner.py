@@ -86,7 +86,7 @@ def build_tuner(prepared: PreparedStudy):
         # The space is Optuna's (define-by-run, conditional); Tune's stays empty.
         search_alg = optuna_search(
             study.name, folder, study.seed, study.space, study.train, study.warm_start,
-            study.sampler, study.objectives,
+            study.sampler, study.objectives, study.balancer_budgets,
         )  # fmt: skip
         if study.baseline_points:
             search_alg = WithBaselines(search_alg, study.baseline_points)

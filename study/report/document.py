@@ -26,6 +26,7 @@ from study.report import plots
 from study.report.render import (
     SCREEN_COLUMNS,
     ReportTable,
+    budget_report_table,
     comparison_report_table,
     fold_report_table,
     gain_report_table,
@@ -41,6 +42,7 @@ from study.report.render import (
 )
 from study.report.summary import (
     Results,
+    balancer_budgets,
     baseline_trials,
     compare_with_original,
     configuration_labels,
@@ -59,6 +61,7 @@ from study.report.summary import (
     warm_start_sentence,
 )
 from study.stats import DEFAULT_ROPE, best_choice_sentence, summary_sentence
+from study.stats.budget import budget_sentence
 from study.stats.selection import (
     EPOCH_CHOICES,
     LEVELS,
@@ -71,6 +74,9 @@ from study.stats.selection import (
 
 CONFUSION_FIGURES = 3  # confusion matrices for this many of the best configurations
 CONSOLE_FOLD_TABLES = 6  # per-fold tables printed; report.md has all of them
+# What a study with one tuning budget per balancer compares the balancers with: tuned fixed
+# weights (Kurin et al. 2022; Xin et al. 2022).
+REFERENCE_BALANCER = "fixed"
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,9 @@ def build_tables(
     front = task_fronts(results, selected, level, rope)
     if front is not None:
         sentences.append(front_sentence(front, labels, rope))
+    budgets = balancer_budgets(results, selected, REFERENCE_BALANCER, rope)
+    if budgets is not None:
+        sentences.append(budget_sentence(budgets, REFERENCE_BALANCER, rope))
     sentences = [s for s in sentences if s]
     where = f"validation, {LEVELS[level]}, {EPOCH_CHOICES[epoch]}"
     title = (
@@ -141,6 +150,14 @@ def build_tables(
             f"verdict, paired by fold (rope ±{rope:g})"
         )
         tables.append(gain_report_table(gains, labels, title))
+    if budgets is not None:
+        title = (
+            f"{results.name}: each balancer's best trial against tuned {REFERENCE_BALANCER} "
+            f"weights' best, one tuning budget for all ({where}): the score's paired "
+            f"difference, 95% interval and verdict (rope ±{rope:g}); each best is chosen on "
+            "the folds it is judged on, a bias alike for all"
+        )
+        tables.append(budget_report_table(budgets, labels, title))
     recall = recall_report_table(
         selected,
         list(summary.index),

@@ -355,3 +355,22 @@ def _gain_cell(row: pd.Series) -> str:
         return "-"
     interval = f" [{row.ci_low:+.1%}, {row.ci_high:+.1%}]" if pd.notna(row.ci_low) else ""
     return f"{row['mean']:+.1%}{interval} {row.verdict}"
+
+
+def budget_report_table(table: pd.DataFrame, labels: pd.Series, title: str) -> ReportTable:
+    """One row per balancer: its trials, its best trial and that trial's score, and the
+    paired difference to the reference's best with its 95% interval and verdict
+    (study.stats.budget)."""
+    rows = {}
+    for row in table.itertuples():
+        interval = (
+            f"{row.diff_vs_reference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
+            if pd.notna(row.ci_low)
+            else "-"
+        )
+        rows[row.balancer] = [str(row.trials), labels.get(row.trial_id, row.trial_id),
+                              number(row.mean), interval, row.verdict]  # fmt: skip
+    columns = ["trials", "best trial", "score", "diff to the reference [95% CI]", "verdict"]
+    cells = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+    cells.index.name = "balancer"
+    return ReportTable("balancers", title, table, cells, text_columns=("best trial", "verdict"))

@@ -187,6 +187,8 @@ class Results:
     warm_start: int = 0  # how many configurations a search evaluated first
     # Each task's headline metric (StudyConfig.task_metrics): what Δm compares.
     task_metrics: dict[str, str] = field(default_factory=lambda: dict(TASK_HEADLINES))
+    # StudyConfig.trials_per_balancer: each balancer had this many trials (0: no such budget)
+    trials_per_balancer: int = 0
     # confusions.parquet: every cell of every fold's confusion matrices, by epoch and split
     confusions: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(
@@ -230,6 +232,7 @@ def load_results(path: str | Path) -> Results:
         **({"confusions": pd.read_parquet(confusions_file)} if confusions_file.exists() else {}),
         warm_start=len(study.get("warm_start", ())),
         task_metrics=dict(study.get("task_metrics") or TASK_HEADLINES),
+        trials_per_balancer=int(study.get("trials_per_balancer") or 0),
     )
 
 
@@ -330,6 +333,25 @@ def task_gains(
         return None
     rows, metrics = _headline_rows(results, selected, level, {*configurations, *baselines.values()})
     return delta_m(rows, baselines, metrics, folds_per_repeat=results.num_folds, rope=rope)
+
+
+def balancer_budgets(
+    results: Results, selected: pd.DataFrame, reference: str, rope: float
+) -> pd.DataFrame | None:
+    """Each balancer's best completed trial against the reference balancer's best, paired
+    by fold on the score (study.stats.budget), for a study that gave every balancer one
+    budget; None for any other study, or without a completed trial of the reference."""
+    from study.stats.budget import against_reference
+
+    trials = results.trials
+    done = trials[trials.trial_id.isin(multi_task_trials(trials))]
+    if not results.trials_per_balancer or reference not in set(done.balancer):
+        return None
+    balancers = dict(zip(done.trial_id, done.balancer, strict=True))
+    keys = [c for c in ("trial_id", "repeat", "fold") if c in selected]
+    per_fold = selected.loc[selected.trial_id.isin(balancers), [*keys, "score"]]
+    return against_reference(per_fold, balancers, reference, "score",
+                             folds_per_repeat=results.num_folds, rope=rope)  # fmt: skip
 
 
 def gain_sentence(gains: pd.DataFrame, labels: pd.Series, rope: float) -> str:

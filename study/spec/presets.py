@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mtl import (
+    CHOICES,
     EPOCH_DEPENDENT_SCHEDULES,
     METRIC_DIRECTIONS,
     METRIC_LEVELS,
@@ -122,6 +123,11 @@ class StudyConfig:
     # metric as an objective of its own (its best_trials: the front). ASHA, when on, still
     # stops trials on the score.
     objective: Literal["score", "tasks"] = "score"
+    # One budget for every balancer (a search whose space has a `balancer` Choice): each
+    # balancer gets exactly this many Optuna trials over its own fields and the others of
+    # the space (num_samples = this x the balancers); 0: Optuna shares the trials out as it
+    # likes. The `balancers` preset compares them so, against tuned fixed weights.
+    trials_per_balancer: int = 0
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -138,6 +144,7 @@ class StudyConfig:
                     f"balancer {balancer!r} reads ({expected})"
                 )
         self._check_tasks()  # before the repeats: a baseline of a single-task base repeats it
+        self._check_budgets()
         self._check_no_repeats()
         if len(self.warm_start) > self.num_samples:
             raise ValueError(
@@ -231,6 +238,36 @@ class StudyConfig:
                 f"baselines are compared with configurations that train all three tasks, "
                 f"but train.tasks is {self.train.tasks}"
             )
+
+    def _check_budgets(self) -> None:
+        if not self.trials_per_balancer:
+            return
+        if self.trials_per_balancer < 0:
+            raise ValueError(f"trials_per_balancer must be >= 0, got {self.trials_per_balancer}")
+        if not isinstance(self.space.get("balancer"), Choice):
+            raise ValueError(
+                "trials_per_balancer gives each balancer of the search space the same number "
+                "of trials, but the space has no balancer Choice"
+            )
+        if self.warm_start:
+            raise ValueError(
+                "trials_per_balancer and warm_start together would give the warm-started "
+                "balancers more trials; leave one out"
+            )
+        expected = self.trials_per_balancer * len(self.space["balancer"].values)
+        if self.num_samples != expected:
+            raise ValueError(
+                f"num_samples is {self.num_samples}, but trials_per_balancer="
+                f"{self.trials_per_balancer} for {len(self.space['balancer'].values)} "
+                f"balancers makes {expected}; set one of them only"
+            )
+
+    @property
+    def balancer_budgets(self) -> dict[str, int]:
+        """balancer -> its Optuna trials, for a study with one budget per balancer (else {})."""
+        if not self.trials_per_balancer:
+            return {}
+        return {name: self.trials_per_balancer for name in self.space["balancer"].values}
 
     @property
     def objectives(self) -> tuple[str, ...]:
@@ -395,11 +432,43 @@ def search() -> StudyConfig:
     )
 
 
+def balancers() -> StudyConfig:
+    """Every balancer under one budget (Kurin et al. 2022; Xin et al. 2022: unequal tuning
+    explains most reported gains): the same epochs, folds and seeds, and for each balancer
+    the same number of Optuna trials over the network's learning rate and the balancer's own
+    fields, fixed task weights (searched on the simplex) among them as the tuned baseline.
+    The report says which balancers are established better than tuned fixed weights, by the
+    fold-paired statistics of each one's best trial against fixed's best.
+
+    The small model on synthetic 64 px data, 4 trials per balancer (48 in all): an hour or
+    two on a laptop CPU, minutes on GPUs. A demo-sized run: --trials-per-balancer 1 and
+    --set epochs=2 (README). On real data: --data STORE and the model's fields by --set.
+    """
+    return StudyConfig(
+        name="balancers",
+        train=small().replace(epochs=6),
+        space={
+            "balancer": Choice(CHOICES["balancer"]),
+            "lr": LogUniform(3e-4, 3e-3),
+            "alpha": LogUniform(0.05, 3.0),
+            "balancer_lr": LogUniform(1e-3, 0.1),
+            "famo_decay": LogUniform(1e-5, 1e-2),
+            "cagrad_c": LogUniform(0.1, 0.9),
+            # Normalised onto the simplex by the balancer: relative weights up to 100:1.
+            **{f"weight_{task}": LogUniform(0.1, 10.0) for task in TASKS},
+        },
+        num_samples=4 * len(CHOICES["balancer"]),
+        trials_per_balancer=4,
+        synthetic=SynthSpec(patients=32, size=64, specimens=1, seed=0),
+    )
+
+
 PRESETS: dict[str, Callable[[], StudyConfig]] = {
     "demo": demo,
     "smoke": smoke,
     "paper": paper,
     "search": search,
+    "balancers": balancers,
 }
 
 
