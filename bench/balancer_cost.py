@@ -1,21 +1,30 @@
-"""Training-step time of each loss balancer as a ratio to equal weighting, in one run.
+"""Training-step time and peak memory of each loss balancer as ratios to equal weighting.
 
     python bench/balancer_cost.py                   # tiny model at 64 px and EfficientNet-B4 at 384
     python bench/balancer_cost.py --models tiny     # seconds; what CI runs
     python bench/balancer_cost.py --json out.json
 
-Every balancer trains the same model on the same batch; steps of all balancers are
+Every balancer trains the same model on the same batch. Time: steps of all balancers are
 interleaved (round robin, rotating who goes first) so that machine noise hits them alike,
 and the median step time of each is divided by that of `equal`. `dwa` does the same work
-as `equal` during an epoch, so its ratio shows the noise of the measurement. A step is
-forward, the three losses, the balancer's backward and the network's Adam step.
+as `equal` during an epoch, so its ratio shows the noise of the measurement. A step is what
+FoldTrainer does: forward (split at the features for the gradient aggregations), the task
+losses, the balancer's backward, the network's Adam step, and FAMO's second forward.
+
+Peak memory: on a GPU, the allocator's peak over two steps of each balancer after a reset
+(`torch.cuda.max_memory_allocated`); on a CPU, the peak resident memory of a fresh process
+that runs two steps of one balancer (`ru_maxrss`), so it includes the interpreter and the
+libraries that every process has: its ratios understate the differences.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -39,36 +48,80 @@ MODELS = {
 }
 
 
-def measure(config: TrainConfig, device: torch.device, steps: int, batch: int) -> dict[str, float]:
+def _setup(config: TrainConfig, device: torch.device, batch: int, names):
     torch.manual_seed(0)
     model = MultiTaskUNet.from_config(config).to(device).train()
+    if device.type == "cuda":
+        model = model.channels_last()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     data = random_batch(batch, config.image_size, device)
-    balancers = {
-        name: build_balancer(name, model.shared_parameters(), alpha=0.12).to(device)
-        for name in BALANCERS
-    }
+    balancers = {name: build_balancer(name, model, alpha=0.12).to(device) for name in names}
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
-    times: dict[str, list[float]] = {name: [] for name in balancers}
-    names = list(balancers)
-    for step in range(steps + 1):  # step 0 warms up every path
+
+    def step(name: str) -> None:
+        balancer = balancers[name]
+        with autocast:
+            output = model(data["image"], split=balancer.needs_split)
+        losses = task_losses(output, data, "dice")
+        optimizer.zero_grad(set_to_none=True)
+        balancer.backward(losses, output.split)
+        optimizer.step()
+        if balancer.wants_losses_after_step:
+            with torch.no_grad(), autocast:
+                balancer.after_step(task_losses(model(data["image"]), data, "dice"))
+
+    return step
+
+
+def measure(config: TrainConfig, device: torch.device, steps: int, batch: int) -> dict[str, float]:
+    step = _setup(config, device, batch, BALANCERS)
+    times: dict[str, list[float]] = {name: [] for name in BALANCERS}
+    names = list(BALANCERS)
+    for n in range(steps + 1):  # step 0 warms up every path
         # Rotate who goes first, so that no balancer always follows the same one.
-        for name in names[step % len(names) :] + names[: step % len(names)]:
-            balancer = balancers[name]
+        for name in names[n % len(names) :] + names[: n % len(names)]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            with autocast:
-                output = model(data["image"])
-            losses = task_losses(output, data, "dice")
-            optimizer.zero_grad(set_to_none=True)
-            balancer.backward(losses)
-            optimizer.step()
+            step(name)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if step:
+            if n:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_memory(model_name: str, device: torch.device, batch: int) -> dict[str, float]:
+    """Peak memory (MiB) of two training steps of each balancer."""
+    if device.type == "cuda":
+        peaks = {}
+        for name in BALANCERS:
+            step = _setup(MODELS[model_name](), device, batch, [name])
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(2):
+                step(name)
+            torch.cuda.synchronize()
+            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
+            del step
+            torch.cuda.empty_cache()
+        return peaks
+    peaks = {}
+    for name in BALANCERS:  # one fresh process each: ru_maxrss only ever grows
+        done = subprocess.run(
+            [sys.executable, __file__, "--peak-of", name, "--models", model_name,
+             "--batch", str(batch), "--device", "cpu"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        peaks[name] = float(done.stdout.split()[-1])
+    return peaks
+
+
+def _print_own_peak(name: str, model_name: str, batch: int) -> None:
+    step = _setup(MODELS[model_name](), torch.device("cpu"), batch, [name])
+    for _ in range(2):
+        step(name)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,12 +131,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, help="batch size (default: the model's config)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--no-memory", action="store_true", help="time only")
+    parser.add_argument("--peak-of", choices=list(BALANCERS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.peak_of:  # the child process of a CPU memory measurement
+        name = args.models[0]
+        _print_own_peak(args.peak_of, name, args.batch or MODELS[name]().batch_size)
+        return {}
 
     device = resolve_device(args.device)
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "torch_threads": torch.get_num_threads(), "models": {}}  # fmt: skip
-    table = Table(title=f"balancer step time / equal ({results['device']})")
+    table = Table(title=f"balancer step time and peak memory / equal ({results['device']})")
     table.add_column("model")
     table.add_column("batch", justify="right")
     table.add_column("equal s/step", justify="right")
@@ -104,6 +163,13 @@ def main(argv: list[str] | None = None) -> dict:
         }
         table.add_row(model_name, str(batch), f"{seconds['equal']:.3f}",
                       *(f"{ratios[name]:.3f}x" for name in BALANCERS))  # fmt: skip
+        if not args.no_memory:
+            peaks = peak_memory(model_name, device, batch)
+            memory = {name: peaks[name] / peaks["equal"] for name in peaks}
+            results["models"][model_name]["peak_mib"] = peaks
+            results["models"][model_name]["memory_ratio_to_equal"] = memory
+            table.add_row(f"{model_name} peak memory", str(batch), f"{peaks['equal']:.0f} MiB",
+                          *(f"{memory[name]:.3f}x" for name in BALANCERS))  # fmt: skip
     Console().print(table)
     if args.json:
         with open(args.json, "w") as f:

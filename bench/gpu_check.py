@@ -18,6 +18,8 @@
    automatic placement (with the figure of step 5), on a 384 px store: study-level
    patches/s, GPU utilisation and memory sampled through NVML, the share of the step spent
    waiting for the data loader, and the epoch time projected to the real data set's size.
+7. bench/balancer_cost.py: each balancer's step time and peak memory against equal weighting
+   with EfficientNet-B4 at 384 px, batch 8 (skipped on --cpu: CI runs that script itself).
 
 Everything goes to OUT/gpu_check.json and OUT/gpu_check.md (default OUT: gpu-check/).
 """
@@ -325,6 +327,18 @@ def paper_epoch(cpu: bool, out: Path, patients: int, memory: dict) -> dict:
     }
 
 
+def balancer_cost(cpu: bool, out: Path) -> dict:
+    if cpu:
+        return {"note": "GPU only (CI runs bench/balancer_cost.py on its own)"}
+    args = ["--models", "b4", "--steps", "3", "--json", str(out / "balancer_cost.json")]
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "balancer_cost.py"), *args],
+                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    print(done.stdout[-6000:])
+    if done.returncode != 0:
+        return {"error": done.stderr[-3000:]}
+    return json.loads((out / "balancer_cost.json").read_text())["models"]["b4"]
+
+
 def markdown(report: dict) -> str:
     m, t, e = report["machine"], report["throughput"], report["paper_epoch"]
     lines = [
@@ -368,6 +382,16 @@ def markdown(report: dict) -> str:
         f"(max); an epoch of the real set ({REAL_TRAINING_PATCHES_PER_FOLD:,} training patches "
         f"per fold) projected at {e['projected_epoch_s']:.0f} s",
     ]
+    cost = report.get("balancer_cost", {})
+    if "ratio_to_equal" in cost:
+        names = list(cost["ratio_to_equal"])
+        time_row = " | ".join(f"{cost['ratio_to_equal'][n]:.2f}x" for n in names)
+        memory_row = " | ".join(f"{cost['memory_ratio_to_equal'][n]:.2f}x" for n in names)
+        lines += ["", "| EfficientNet-B4 384 px, batch 8 | " + " | ".join(names) + " |",
+                  "|---|" + "---:|" * len(names), f"| step time / equal | {time_row} |",
+                  f"| peak memory / equal | {memory_row} |"]  # fmt: skip
+    else:
+        lines += ["", f"balancer cost: {cost.get('note') or cost.get('error', 'not run')}"]
     return "\n".join(lines) + "\n"
 
 
@@ -398,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu, out, args.patients or (10 if cpu else 60), report["fold_memory"]
             ),
         ),  # fmt: skip
+        ("balancer_cost", lambda: balancer_cost(cpu, out)),
     ]
     for name, step in steps:
         started = time.perf_counter()
