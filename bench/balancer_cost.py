@@ -11,20 +11,17 @@ as `equal` during an epoch, so its ratio shows the noise of the measurement. A s
 FoldTrainer does: forward (split at the features for the gradient aggregations), the task
 losses, the balancer's backward, the network's Adam step, and FAMO's second forward.
 
-Peak memory: on a GPU, the allocator's peak over two steps of each balancer after a reset
-(`torch.cuda.max_memory_allocated`); on a CPU, the peak resident memory of a fresh process
-that runs two steps of one balancer (`ru_maxrss`), so it includes the interpreter and the
-libraries that every process has: its ratios understate the differences.
+Peak memory, on a GPU: the allocator's peak over two steps of each balancer after a reset
+(`torch.cuda.max_memory_allocated`). A CPU has no such counter: the peak resident memory of
+a process is the libraries' (972 MiB for every balancer with the tiny model), so on a CPU
+the bench times only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
@@ -92,36 +89,19 @@ def measure(config: TrainConfig, device: torch.device, steps: int, batch: int) -
 
 
 def peak_memory(model_name: str, device: torch.device, batch: int) -> dict[str, float]:
-    """Peak memory (MiB) of two training steps of each balancer."""
-    if device.type == "cuda":
-        peaks = {}
-        for name in BALANCERS:
-            step = _setup(MODELS[model_name](), device, batch, [name])
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(device)
-            for _ in range(2):
-                step(name)
-            torch.cuda.synchronize()
-            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
-            del step
-            torch.cuda.empty_cache()
-        return peaks
+    """Peak GPU memory (MiB) of two training steps of each balancer."""
     peaks = {}
-    for name in BALANCERS:  # one fresh process each: ru_maxrss only ever grows
-        done = subprocess.run(
-            [sys.executable, __file__, "--peak-of", name, "--models", model_name,
-             "--batch", str(batch), "--device", "cpu"],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        peaks[name] = float(done.stdout.split()[-1])
+    for name in BALANCERS:
+        step = _setup(MODELS[model_name](), device, batch, [name])
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(2):
+            step(name)
+        torch.cuda.synchronize()
+        peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
+        del step
+        torch.cuda.empty_cache()
     return peaks
-
-
-def _print_own_peak(name: str, model_name: str, batch: int) -> None:
-    step = _setup(MODELS[model_name](), torch.device("cpu"), batch, [name])
-    for _ in range(2):
-        step(name)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -131,29 +111,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, help="batch size (default: the model's config)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--json", help="write the results to this file")
-    parser.add_argument("--no-memory", action="store_true", help="time only")
-    parser.add_argument("--peak-of", choices=list(BALANCERS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.peak_of:  # the child process of a CPU memory measurement
-        name = args.models[0]
-        _print_own_peak(args.peak_of, name, args.batch or MODELS[name]().batch_size)
-        return {}
 
     device = resolve_device(args.device)
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "torch_threads": torch.get_num_threads(), "models": {}}  # fmt: skip
-    table = Table(title=f"balancer step time and peak memory / equal ({results['device']})")
-    table.add_column("model")
-    table.add_column("batch", justify="right")
-    table.add_column("equal s/step", justify="right")
-    for name in BALANCERS:
-        table.add_column(name, justify="right")
     for model_name in args.models:
         config = MODELS[model_name]()
         batch = args.batch or config.batch_size
         seconds = measure(config, device, args.steps, batch)
         ratios = {name: seconds[name] / seconds["equal"] for name in seconds}
-        results["models"][model_name] = {
+        result = results["models"][model_name] = {
             "encoder": config.encoder,
             "image_size": config.image_size,
             "batch": batch,
@@ -161,16 +129,20 @@ def main(argv: list[str] | None = None) -> dict:
             "seconds_per_step": seconds,
             "ratio_to_equal": ratios,
         }
-        table.add_row(model_name, str(batch), f"{seconds['equal']:.3f}",
-                      *(f"{ratios[name]:.3f}x" for name in BALANCERS))  # fmt: skip
-        if not args.no_memory:
+        if device.type == "cuda":
             peaks = peak_memory(model_name, device, batch)
-            memory = {name: peaks[name] / peaks["equal"] for name in peaks}
-            results["models"][model_name]["peak_mib"] = peaks
-            results["models"][model_name]["memory_ratio_to_equal"] = memory
-            table.add_row(f"{model_name} peak memory", str(batch), f"{peaks['equal']:.0f} MiB",
-                          *(f"{memory[name]:.3f}x" for name in BALANCERS))  # fmt: skip
-    Console().print(table)
+            result["peak_mib"] = peaks
+            result["memory_ratio_to_equal"] = {n: peaks[n] / peaks["equal"] for n in peaks}
+        table = Table(title=f"{model_name} ({config.encoder}, {config.image_size} px, batch "
+                      f"{batch}) on {results['device']}: each balancer against equal")  # fmt: skip
+        for column in ("balancer", "s/step", "time / equal", "peak MiB", "memory / equal"):
+            table.add_column(column, justify="left" if column == "balancer" else "right")
+        for name in BALANCERS:
+            peak = result.get("peak_mib", {}).get(name)
+            table.add_row(name, f"{seconds[name]:.4f}", f"{ratios[name]:.3f}x",
+                          "-" if peak is None else f"{peak:.0f}",
+                          "-" if peak is None else f"{peak / result['peak_mib']['equal']:.3f}x")  # fmt: skip
+        Console().print(table)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

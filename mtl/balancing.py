@@ -571,8 +571,13 @@ class NashMTL(JacobianDescent):
     """
 
     def make_aggregator(self) -> nn.Module:
+        import warnings
+
         from torchjd.aggregation import NashMTL as Aggregator
 
+        # cvxpy says at every solve that the problem (TorchJD's formulation) is not DPP, so
+        # not compiled once: nothing a user can act on.
+        warnings.filterwarnings("ignore", message="You are solving a parameterized problem")
         return Aggregator(n_tasks=self.num_tasks)
 
     def get_extra_state(self) -> dict:

@@ -35,8 +35,7 @@ def run_bench(tmp_path):
 
 
 def test_balancer_cost(run_bench):
-    # Time only: the CPU memory figures take a fresh process per balancer (a minute).
-    result = run_bench("balancer_cost.py", "--models", "tiny", "--steps", "1", "--no-memory")
+    result = run_bench("balancer_cost.py", "--models", "tiny", "--steps", "1")
     tiny = result["models"]["tiny"]
     assert set(tiny["ratio_to_equal"]) == set(BALANCERS)
     assert tiny["ratio_to_equal"]["equal"] == 1.0
