@@ -139,9 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
             table.add_column(column, justify="left" if column == "balancer" else "right")
         for name in BALANCERS:
             peak = result.get("peak_mib", {}).get(name)
+            memory = result.get("memory_ratio_to_equal", {}).get(name)
             table.add_row(name, f"{seconds[name]:.4f}", f"{ratios[name]:.3f}x",
                           "-" if peak is None else f"{peak:.0f}",
-                          "-" if peak is None else f"{peak / result['peak_mib']['equal']:.3f}x")  # fmt: skip
+                          "-" if memory is None else f"{memory:.3f}x")  # fmt: skip
         Console().print(table)
     if args.json:
         with open(args.json, "w") as f:

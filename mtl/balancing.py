@@ -397,26 +397,26 @@ class FAMO(Balancer):
 
 class FixedWeights(Balancer):
     """Fixed task weights (the tuned baseline of Kurin et al. 2022 and Xin et al. 2022):
-    `weight_seg`, `weight_pattern`, `weight_intensity` are relative, normalised onto the
+    `fixed_seg`, `fixed_pattern`, `fixed_intensity` are relative, normalised onto the
     simplex over the tasks trained and scaled by their number K, w_i = K v_i / sum_j v_j. So
     a search over them searches the simplex, and equal values train exactly as `equal`."""
 
-    reads = ("weight_seg", "weight_pattern", "weight_intensity")
+    reads = ("fixed_seg", "fixed_pattern", "fixed_intensity")
 
     def __init__(
         self,
         shared_parameters: Sequence[nn.Parameter] = (),
         *,
         num_tasks: int = 3,
-        weight_seg: float = 1.0,
-        weight_pattern: float = 1.0,
-        weight_intensity: float = 1.0,
+        fixed_seg: float = 1.0,
+        fixed_pattern: float = 1.0,
+        fixed_intensity: float = 1.0,
         trained_tasks: Sequence[str] = TASKS,
     ):
         super().__init__(num_tasks)
         if len(trained_tasks) != num_tasks:
             raise ValueError(f"{num_tasks} tasks but trained_tasks is {tuple(trained_tasks)}")
-        given = {"seg": weight_seg, "pattern": weight_pattern, "intensity": weight_intensity}
+        given = {"seg": fixed_seg, "pattern": fixed_pattern, "intensity": fixed_intensity}
         values = torch.tensor([given[task] for task in trained_tasks], dtype=torch.float64)
         if not (values > 0).all():
             raise ValueError(f"fixed weights must be positive, got {given}")

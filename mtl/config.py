@@ -134,9 +134,9 @@ class TrainConfig:
     cagrad_c: float = CAGRAD_C  # CAGrad: how far the update may move from the mean gradient
     # `fixed`: each task's weight, relative (normalised onto the simplex, then scaled to sum
     # to the number of tasks trained: equal values train exactly as `equal`).
-    weight_seg: float = 1.0
-    weight_pattern: float = 1.0
-    weight_intensity: float = 1.0
+    fixed_seg: float = 1.0
+    fixed_pattern: float = 1.0
+    fixed_intensity: float = 1.0
     epochs: int = 30
     batch_size: int = 8
     lr: float = 1e-4
@@ -168,7 +168,7 @@ class TrainConfig:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for task in TASKS:
-            _check_positive(f"weight_{task}", getattr(self, f"weight_{task}"))
+            _check_positive(f"fixed_{task}", getattr(self, f"fixed_{task}"))
         if self.num_folds < 2:
             raise ValueError(f"num_folds must be at least 2, got {self.num_folds}")
         if not 0.0 <= self.max_skipped_share <= 1.0:

@@ -455,7 +455,7 @@ def balancers() -> StudyConfig:
             "famo_decay": LogUniform(1e-5, 1e-2),
             "cagrad_c": LogUniform(0.1, 0.9),
             # Normalised onto the simplex by the balancer: relative weights up to 100:1.
-            **{f"weight_{task}": LogUniform(0.1, 10.0) for task in TASKS},
+            **{f"fixed_{task}": LogUniform(0.1, 10.0) for task in TASKS},
         },
         num_samples=4 * len(CHOICES["balancer"]),
         trials_per_balancer=4,

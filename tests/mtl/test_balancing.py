@@ -328,9 +328,7 @@ def test_a_balancer_gets_the_configuration_values_it_reads():
     assert famo.optimizer.param_groups[0]["lr"] == 0.3
     assert famo.optimizer.param_groups[0]["weight_decay"] == 0.02
     assert balancer_from_config(config.replace(balancer="cagrad", cagrad_c=0.7), toy).c == 0.7
-    fixed = config.replace(
-        balancer="fixed", weight_seg=2.0, weight_pattern=1.0, tasks="seg,pattern"
-    )
+    fixed = config.replace(balancer="fixed", fixed_seg=2.0, fixed_pattern=1.0, tasks="seg,pattern")
     assert balancer_from_config(fixed, toy).weights.tolist() == pytest.approx([4 / 3, 2 / 3])
     # One call builds every balancer alike: a field a balancer does not read is ignored.
     assert build_balancer("equal", toy, alpha=0.7, balancer_lr=0.3).weights.tolist() == [1.0] * 3

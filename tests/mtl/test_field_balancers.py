@@ -178,19 +178,17 @@ def _train(balancer_name: str, steps: int = 3, **fields) -> list[torch.Tensor]:
 @pytest.mark.parametrize("weight", [1.0, 1 / 3, 0.2])
 def test_fixed_weights_at_equal_values_train_exactly_as_equal(weight):
     equal = _train("equal")
-    fixed = _train("fixed", weight_seg=weight, weight_pattern=weight, weight_intensity=weight)
+    fixed = _train("fixed", fixed_seg=weight, fixed_pattern=weight, fixed_intensity=weight)
     assert all(torch.equal(a, b) for a, b in zip(equal, fixed, strict=True))
-    unequal = _train("fixed", weight_seg=2.0)
+    unequal = _train("fixed", fixed_seg=2.0)
     assert not all(torch.equal(a, b) for a, b in zip(equal, unequal, strict=True))
 
 
 def test_fixed_weights_lie_on_the_simplex_times_the_tasks():
-    weights = build_balancer(
-        "fixed", None, weight_seg=1.0, weight_pattern=3.0, weight_intensity=4.0
-    )
+    weights = build_balancer("fixed", None, fixed_seg=1.0, fixed_pattern=3.0, fixed_intensity=4.0)
     torch.testing.assert_close(weights.weights, torch.tensor([3 / 8, 9 / 8, 12 / 8]))
-    two = build_balancer("fixed", None, tasks=("pattern", "intensity"), weight_pattern=3.0,
-                         weight_intensity=1.0)  # fmt: skip
+    two = build_balancer("fixed", None, tasks=("pattern", "intensity"), fixed_pattern=3.0,
+                         fixed_intensity=1.0)  # fmt: skip
     torch.testing.assert_close(two.weights, torch.tensor([1.5, 0.5]))
 
 

@@ -101,7 +101,7 @@ def test_every_balancer_gets_its_budget_repeats_included(ray_local, tmp_path):
         name="budget", train=tiny().replace(epochs=1),
         space={"balancer": Choice(("equal", "fixed", "famo")),
                "balancer_lr": LogUniform(1e-3, 0.1), "famo_decay": LogUniform(1e-5, 1e-2),
-               **{f"weight_{t}": LogUniform(0.1, 10.0) for t in ("seg", "pattern", "intensity")}},
+               **{f"fixed_{t}": LogUniform(0.1, 10.0) for t in ("seg", "pattern", "intensity")}},
         num_samples=9, trials_per_balancer=3, max_concurrent=2,
         synthetic=balancers().synthetic,
     )  # fmt: skip
