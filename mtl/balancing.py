@@ -502,6 +502,12 @@ class JacobianDescent(Balancer):
                  parallel_chunk_size=1)  # fmt: skip
         weights = jac_to_grad(self.shared, self.aggregator)
         if weights is not None:
+            if not torch.isfinite(weights).all():
+                # A solver that failed: a step skipped as one with a non-finite loss is
+                # (the trainer takes no optimizer step and counts it against the fold).
+                self.skipped_steps += 1
+                self.nonfinite_tasks = tuple(range(self.num_tasks))
+                return (self._weights * values).sum()
             self._weights.copy_(weights.detach())
         return (self._weights * values).sum()
 
@@ -564,7 +570,9 @@ class CAGrad(JacobianDescent):
 class NashMTL(JacobianDescent):
     """Nash-MTL, Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik and Fetaya 2022 (ICML;
     arXiv:2202.01017): the weights of the Nash bargaining solution of the tasks, with the
-    authors' settings (20 solver iterations a step, the update's norm clipped at 1).
+    settings of the authors' code (20 solver iterations a step, the update's norm clipped
+    at 1). As for every aggregation here, each head gets its own task's gradient as it is
+    (the authors' code scales a head's by its task's weight).
 
     Its solver starts from the last step's weights: they are saved with the balancer, so a
     resumed fold continues as the uninterrupted one does.
@@ -581,12 +589,14 @@ class NashMTL(JacobianDescent):
         return Aggregator(n_tasks=self.num_tasks)
 
     def get_extra_state(self) -> dict:
-        return {"previous_alpha": self.aggregator.weighting.prvs_alpha.tolist()}
+        alpha = self.aggregator.weighting.prvs_alpha
+        return {"previous_alpha": alpha.tolist(), "dtype": str(alpha.dtype)}
 
     def set_extra_state(self, state: dict) -> None:
         import numpy as np
 
-        self.aggregator.weighting.prvs_alpha = np.asarray(state["previous_alpha"], np.float32)
+        alpha = np.asarray(state["previous_alpha"], dtype=state.get("dtype", "float64"))
+        self.aggregator.weighting.prvs_alpha = alpha
 
 
 # TrainConfig.balancer: name -> class.

@@ -209,6 +209,9 @@ class FoldTrainer:
         # The forward pass updates BatchNorm's running statistics before the loss is known:
         # keep a copy to put back (one fused copy; the buffers are small).
         torch._foreach_copy_(self._saved_buffers, self._buffers)
+        # FAMO's second forward replays this one's random numbers (EfficientNet's stochastic
+        # depth): the losses then differ by the step alone.
+        rng = self._rng_state() if self.balancer.wants_losses_after_step else None
         with self._autocast():
             output = self.model(batch["image"], split=self.balancer.needs_split)
         losses = task_losses(output, batch, self.config.seg_loss)
@@ -219,17 +222,26 @@ class FoldTrainer:
             return tuple(self.config.tasks[i] for i in self.balancer.nonfinite_tasks)
         self.optimizer.step()
         sums.update(output, batch, losses)
-        if self.balancer.wants_losses_after_step:
-            self._losses_after_step(batch)
+        if rng is not None:
+            self._losses_after_step(batch, rng)
         return ()
 
+    def _rng_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cuda = self.device.type == "cuda"
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if cuda else None
+
     @torch.no_grad()
-    def _losses_after_step(self, batch: dict[str, torch.Tensor]) -> None:
+    def _losses_after_step(self, batch: dict[str, torch.Tensor], rng: tuple) -> None:
         """The same batch's task losses after the optimizer step, for the balancer (FAMO):
-        forward in training mode, as the step's own losses were, with BatchNorm's running
-        statistics put back afterwards (this pass is a measurement, not a step)."""
+        forward in training mode with the step's own random numbers, as the step's losses
+        were; BatchNorm's running statistics and the generators' states are put back
+        afterwards (this pass is a measurement, not a step)."""
         torch._foreach_copy_(self._saved_buffers, self._buffers)
-        with self._autocast():
+        devices = [torch.cuda.current_device()] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._autocast():
+            torch.set_rng_state(rng[0])
+            if rng[1] is not None:
+                torch.cuda.set_rng_state(rng[1], self.device)
             output = self.model(batch["image"])
         losses = task_losses(output, batch, self.config.seg_loss)
         torch._foreach_copy_(self._buffers, self._saved_buffers)

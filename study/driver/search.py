@@ -131,12 +131,16 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
     def _next_balancer(self) -> str | None:
         """The balancer with the fewest Optuna trials so far (repeats count: a balancer with
-        nothing left to vary spends its budget on them), or None when each has its budget."""
-        import optuna
+        nothing left to vary spends its budget on them), or None when each has its budget.
 
+        A trial counts when it is finished or this searcher handed it out (its state, saved
+        with Tune's experiment, says which): one asked just before a driver was killed, after
+        that state was last saved, stays RUNNING in optuna.db and never trains."""
+        ours = {t.number for t in self._ot_trials.values()}
+        ours |= {t.number for repeats in self._repeats.values() for t in repeats}
         counts = dict.fromkeys(self._budgets, 0)
         for trial in self._ot_study.get_trials(deepcopy=False):
-            if trial.state != optuna.trial.TrialState.WAITING:
+            if trial.state.is_finished() or trial.number in ours:
                 balancer = trial.params.get("balancer")
                 if balancer in counts:
                     counts[balancer] += 1

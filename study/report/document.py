@@ -123,7 +123,9 @@ def build_tables(
         sentences.append(front_sentence(front, labels, rope))
     budgets = balancer_budgets(results, selected, REFERENCE_BALANCER, rope)
     if budgets is not None:
-        sentences.append(budget_sentence(budgets, REFERENCE_BALANCER, rope))
+        sentences.append(
+            budget_sentence(budgets, REFERENCE_BALANCER, results.trials_per_balancer, rope)
+        )
     sentences = [s for s in sentences if s]
     where = f"validation, {LEVELS[level]}, {EPOCH_CHOICES[epoch]}"
     title = (

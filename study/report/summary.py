@@ -345,13 +345,16 @@ def balancer_budgets(
 
     trials = results.trials
     done = trials[trials.trial_id.isin(multi_task_trials(trials))]
-    if not results.trials_per_balancer or reference not in set(done.balancer):
-        return None
     balancers = dict(zip(done.trial_id, done.balancer, strict=True))
     keys = [c for c in ("trial_id", "repeat", "fold") if c in selected]
     per_fold = selected.loc[selected.trial_id.isin(balancers), [*keys, "score"]]
-    return against_reference(per_fold, balancers, reference, "score",
-                             folds_per_repeat=results.num_folds, rope=rope)  # fmt: skip
+    references = per_fold.trial_id.map(balancers) == reference
+    if not results.trials_per_balancer or not per_fold.score[references].notna().any():
+        return None
+    return against_reference(
+        per_fold, balancers, reference, "score", expected=list(dict.fromkeys(trials.balancer)),
+        folds_per_repeat=results.num_folds, rope=rope,
+    )  # fmt: skip
 
 
 def gain_sentence(gains: pd.DataFrame, labels: pd.Series, rope: float) -> str:

@@ -16,7 +16,7 @@ set (StudyConfig.test_patients) estimates the chosen configuration without it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 
@@ -33,13 +33,15 @@ def against_reference(
     reference: str = "fixed",
     metric: str = "score",
     *,
+    expected: Sequence[str] = (),
     folds_per_repeat: int | None = None,
     rope: float = DEFAULT_ROPE,
 ) -> pd.DataFrame:
     """One row per balancer (the reference first, then by mean, best first): its trials,
     its best trial and that trial's mean, and the best trial's fold-paired comparison with
     the reference's best (diff = balancer - reference). Columns BUDGET_COLUMNS; the
-    reference's own row has verdict `reference`.
+    reference's own row has verdict `reference`; a balancer of `expected` without a trial
+    with a value gets a row of its own, verdict `no result`, after the others.
 
     per_fold: one row per trial and fold (`trial_id`, `fold`, optionally `repeat`) with
     `metric`. balancers: trial id -> its balancer, for the trials to compare.
@@ -49,10 +51,11 @@ def against_reference(
     if metric not in rows:
         raise ValueError(f"the per-fold table has no {metric!r} column")
     wide = rows.pivot(index="trial_id", columns=keys, values=metric).astype(float)
-    means = wide.mean(axis=1)
+    means = wide.mean(axis=1).dropna()  # a trial without a value is no candidate
+    wide = wide.loc[means.index]
     by_balancer = pd.Series(balancers).reindex(wide.index)
     if reference not in set(by_balancer):
-        raise ValueError(f"no completed trial of the reference balancer {reference!r}")
+        raise ValueError(f"no trial of the reference balancer {reference!r} has a {metric}")
     k = infer_folds_per_repeat(rows) if folds_per_repeat is None else folds_per_repeat
     if k < 2:
         raise ValueError(f"the fold-paired test needs at least 2 folds per repeat, got {k}")
@@ -73,8 +76,13 @@ def against_reference(
             "verdict": "reference" if name == reference else
             verdict(test.p_worse, test.p_rope, test.p_better),
         })  # fmt: skip
+    for name in dict.fromkeys(expected):
+        if name not in best:
+            trials = sum(b == name for b in balancers.values())
+            out.append({"balancer": name, "trials": trials, "trial_id": "", "n_folds": 0,
+                        "verdict": "no result"})  # fmt: skip
     table = pd.DataFrame(out, columns=list(BUDGET_COLUMNS))
-    order = (table.balancer != reference).astype(int)
+    order = (table.balancer != reference).astype(int) + (table.verdict == "no result")
     return (
         table.assign(_order=order)
         .sort_values(["_order", "mean"], ascending=[True, False], kind="stable")
@@ -83,15 +91,15 @@ def against_reference(
     )
 
 
-def budget_sentence(table: pd.DataFrame, reference: str, rope: float) -> str:
+def budget_sentence(table: pd.DataFrame, reference: str, budget: int, rope: float) -> str:
     """Which balancers are established better than the reference, in one sentence."""
     others = table[table.balancer != reference]
     better = others[others.verdict == "better"]
-    per = sorted(set(table.trials))
-    budget = f"{per[0]} trials each" if len(per) == 1 else f"{per[0]} to {per[-1]} trials"
     head = (
-        f"One tuning budget ({budget}), each balancer's best trial against tuned "
-        f"{reference} weights, paired by fold (rope ±{rope:g}): "
+        f"One tuning budget ({budget} Optuna trial{'s' if budget != 1 else ''} a balancer), "
+        "each balancer's best trial "
+        f"against tuned {reference} weights, paired by fold (rope ±{rope:g}; {len(others)} "
+        "comparisons, each at the 0.95 threshold, no correction for their number): "
     )
     if better.empty:
         named = "none is established better"
@@ -101,7 +109,6 @@ def budget_sentence(table: pd.DataFrame, reference: str, rope: float) -> str:
             for r in better.itertuples()
         )
     counts = others.verdict.value_counts()
-    rest = ", ".join(
-        f"{counts[v]} {v}" for v in ("worse", "equivalent", "undecided") if v in counts
-    )
+    verdicts = ("worse", "equivalent", "undecided", "no result")
+    rest = ", ".join(f"{counts[v]} {v}" for v in verdicts if v in counts)
     return head + named + (f"; the others: {rest}." if rest else ".")

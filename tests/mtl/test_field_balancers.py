@@ -332,3 +332,14 @@ def test_an_aggregation_without_the_split_features_says_what_it_needs():
     losses, _ = model.losses()
     with pytest.raises(ValueError, match="split=True"):
         build_balancer("upgrad", model).backward(losses)
+
+
+def test_an_aggregation_whose_solver_fails_skips_the_step(monkeypatch):
+    model = Chain()
+    balancer = build_balancer("mgda", model)
+    monkeypatch.setattr(balancer.aggregator.weighting, "forward",
+                        lambda gramian: torch.full((3,), math.nan))  # fmt: skip
+    losses, cut = model.losses(split=True)
+    balancer.backward(losses, cut)
+    assert balancer.nonfinite_tasks == (0, 1, 2) and int(balancer.skipped_steps) == 1
+    assert torch.isfinite(balancer.weights).all()

@@ -67,7 +67,7 @@ def test_each_balancers_best_against_the_references_best_by_hand():
     assert mgda.diff_vs_reference == pytest.approx(mean)
     assert (mgda.ci_low, mgda.ci_high) == pytest.approx((mean - half, mean + half))
     assert mgda.verdict == "undecided"
-    sentence = budget_sentence(table.reset_index(), "fixed", 0.01)
+    sentence = budget_sentence(table.reset_index(), "fixed", 2, 0.01)
     assert "established better: famo (+0.100 [+0.100, +0.100])" in sentence
     assert "1 equivalent, 1 undecided" in sentence
 
@@ -75,7 +75,19 @@ def test_each_balancers_best_against_the_references_best_by_hand():
 def test_none_established_better_is_said_so():
     per_fold = _per_fold()
     table = against_reference(per_fold[per_fold.trial_id != "famo-1"], BALANCERS, "fixed")
-    assert "none is established better" in budget_sentence(table, "fixed", 0.01)
+    assert "none is established better" in budget_sentence(table, "fixed", 2, 0.01)
+
+
+def test_a_balancer_without_a_score_is_listed_not_lost():
+    per_fold = _per_fold()
+    per_fold.loc[per_fold.trial_id == "famo-1", "score"] = math.nan
+    expected = ["fixed", "famo", "rlw", "mgda", "upgrad"]
+    table = against_reference(per_fold, BALANCERS, "fixed", expected=expected)
+    assert list(table.balancer) == ["fixed", "mgda", "rlw", "famo", "upgrad"]
+    by_balancer = table.set_index("balancer")
+    assert by_balancer.loc[["famo", "upgrad"], "verdict"].tolist() == ["no result"] * 2
+    assert by_balancer.loc["famo", "trials"] == 1
+    assert "2 no result" in budget_sentence(table, "fixed", 2, 0.01)
 
 
 def test_a_budget_needs_a_balancer_choice_and_a_matching_num_samples():
