@@ -131,7 +131,7 @@ def test_a_configuration_is_made_and_checked_without_torch():
     code = (
         "import sys; from mtl.config import TrainConfig\n"
         "TrainConfig().replace(balancer='gradnorm', seg_loss='bce', head='pool')\n"
-        "try: TrainConfig(balancer='pcgrad')\n"
+        "try: TrainConfig(balancer='imtl')\n"
         "except ValueError as refused: print(refused)\n"
         "print('torch' in sys.modules)"
     )

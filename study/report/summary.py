@@ -344,12 +344,14 @@ def balancer_budgets(
     from study.stats.budget import against_reference
 
     trials = results.trials
+    if not results.trials_per_balancer or "balancer" not in trials:
+        return None
     done = trials[trials.trial_id.isin(multi_task_trials(trials))]
     balancers = dict(zip(done.trial_id, done.balancer, strict=True))
     keys = [c for c in ("trial_id", "repeat", "fold") if c in selected]
     per_fold = selected.loc[selected.trial_id.isin(balancers), [*keys, "score"]]
     references = per_fold.trial_id.map(balancers) == reference
-    if not results.trials_per_balancer or not per_fold.score[references].notna().any():
+    if not per_fold.score[references].notna().any():
         return None
     return against_reference(
         per_fold, balancers, reference, "score", expected=list(dict.fromkeys(trials.balancer)),

@@ -47,10 +47,12 @@ def test_the_same_seed_gives_identical_metrics(tiny_config):
     assert first == second
 
 
-def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(tiny_config, tmp_path):
-    # Two epochs: the one after the resumption needs the model's, Adam's, GradNorm's and the
-    # augmentation's random state of the checkpoint, all of them.
-    config = tiny_config.replace(epochs=2, balancer="gradnorm", augment="basic")
+@pytest.mark.parametrize("balancer", ["gradnorm", "famo", "rlw", "nashmtl"])
+def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(balancer, tiny_config, tmp_path):
+    # Two epochs: the one after the resumption needs the model's, Adam's, the balancer's
+    # (GradNorm's L(0) and Adam, FAMO's logits and Adam, RLW's draws from the generator,
+    # Nash-MTL's last weights) and the augmentation's random state of the checkpoint.
+    config = tiny_config.replace(epochs=2, balancer=balancer, augment="basic")
     uninterrupted = [_without_time(m) for m in train_fold(config, "D")]
 
     interrupted = train_fold(config, "D", checkpoint_dir=tmp_path)

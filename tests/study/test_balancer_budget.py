@@ -105,6 +105,7 @@ def test_a_budget_needs_a_balancer_choice_and_a_matching_num_samples():
     assert len(preset.balancer_budgets) == 12
 
 
+@pytest.mark.slow  # a whole study (scripted folds)
 def test_every_balancer_gets_its_budget_repeats_included(ray_local, tmp_path):
     """Three balancers, 3 trials each: `fixed` searches its three weights (3 trials),
     `famo` its learning rate and decay (3 trials), `equal` has nothing to search: its one

@@ -42,7 +42,7 @@ def test_invalid_study_values_are_rejected_naming_the_field():
         StudyConfig(name="s", train=base.train, space={"alpah": LogUniform(0.1, 1)},
                     synthetic=base.synthetic)  # fmt: skip
     with pytest.raises(ValueError, match="balancer must be one of"):
-        StudyConfig(name="s", train=base.train, space={"balancer": Choice(("equal", "pcgrad"))},
+        StudyConfig(name="s", train=base.train, space={"balancer": Choice(("equal", "imtl"))},
                     synthetic=base.synthetic)  # fmt: skip
     with pytest.raises(ValueError, match="IntRange"):
         IntRange(20, 42, 5)
