@@ -47,7 +47,10 @@ def test_the_same_seed_gives_identical_metrics(tiny_config):
     assert first == second
 
 
-@pytest.mark.parametrize("balancer", ["gradnorm", "famo", "rlw", "nashmtl"])
+@pytest.mark.parametrize(
+    "balancer",
+    ["gradnorm", *(pytest.param(b, marks=pytest.mark.slow) for b in ("famo", "rlw", "nashmtl"))],
+)
 def test_resuming_from_a_checkpoint_repeats_the_uninterrupted_run(balancer, tiny_config, tmp_path):
     # Two epochs: the one after the resumption needs the model's, Adam's, the balancer's
     # (GradNorm's L(0) and Adam, FAMO's logits and Adam, RLW's draws from the generator,
