@@ -149,3 +149,13 @@ def test_the_balancers_preset_demo_sized_trains_every_balancer_and_reports(ray_l
     assert set(table.verdict) <= {"reference", "better", "worse", "equivalent", "undecided"}
     report = (tmp_path / "balancers" / "report.md").read_text()
     assert "against tuned fixed weights" in report
+
+
+def test_the_command_line_sets_the_budget_and_the_trials_with_it():
+    from study.run import parse_args, resolve_study
+
+    study = resolve_study(parse_args(["--preset", "balancers", "--trials-per-balancer", "2"]))
+    assert (study.trials_per_balancer, study.num_samples) == (2, 24)
+    with pytest.raises(ValueError, match="num_samples is 5, but trials_per_balancer=2"):
+        resolve_study(parse_args(["--preset", "balancers", "--trials-per-balancer", "2",
+                                  "--num-samples", "5"]))  # fmt: skip
