@@ -3,6 +3,7 @@
     python bench/balancer_cost.py                   # tiny model at 64 px and EfficientNet-B4 at 384
     python bench/balancer_cost.py --models tiny     # seconds; what CI runs
     python bench/balancer_cost.py --json out.json
+    python bench/balancer_cost.py --balancers famo upgrad  # some, beside equal
 
 Every balancer trains the same model on the same batch. Time: steps of all balancers are
 interleaved (round robin, rotating who goes first) so that machine noise hits them alike,
