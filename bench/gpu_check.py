@@ -155,12 +155,18 @@ def throughput(cpu: bool, out: Path) -> dict:
         except Exception as error:
             return {"error": repr(error)}
         return json.loads((out / "throughput.json").read_text())
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_throughput.py"), *args],
+    return run_bench("gpu_throughput.py", args, out / "throughput.json")
+
+
+def run_bench(script: str, args: list[str], result: Path) -> dict:
+    """bench/SCRIPT ARGS in a process of its own; the JSON it wrote to `result`, or the
+    error it printed."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args],
                           cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     print(done.stdout[-6000:])
     if done.returncode != 0:
         return {"error": done.stderr[-3000:]}
-    return json.loads((out / "throughput.json").read_text())
+    return json.loads(result.read_text())
 
 
 def throughput_store(out: Path, size: int, patients: int, specimens: int, sources: int = 2):
@@ -330,13 +336,10 @@ def paper_epoch(cpu: bool, out: Path, patients: int, memory: dict) -> dict:
 def balancer_cost(cpu: bool, out: Path) -> dict:
     if cpu:
         return {"note": "GPU only (CI runs bench/balancer_cost.py on its own)"}
-    args = ["--models", "b4", "--steps", "3", "--json", str(out / "balancer_cost.json")]
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "balancer_cost.py"), *args],
-                          cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-    print(done.stdout[-6000:])
-    if done.returncode != 0:
-        return {"error": done.stderr[-3000:]}
-    return json.loads((out / "balancer_cost.json").read_text())["models"]["b4"]
+    result = out / "balancer_cost.json"
+    cost = run_bench("balancer_cost.py", ["--models", "b4", "--steps", "3", "--json", str(result)],
+                     result)  # fmt: skip
+    return cost if "error" in cost else cost["models"]["b4"]
 
 
 def markdown(report: dict) -> str:

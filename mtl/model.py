@@ -155,38 +155,32 @@ class MultiTaskUNet(nn.Module):
         """Every encoder parameter that the features depend on, in the encoder's order: what
         the tasks share (the Jacobian balancers aggregate the tasks' gradients on them)."""
         if self._encoder is None:
-            side = 2 * 2**self.encoder_depth
-            probe = torch.zeros(1, 1, side, side, device=self.mean.device)
             parameters = [p for p in self.unet.encoder.parameters() if p.requires_grad]
-            was_training = self.training
-            self.eval()
-            with torch.enable_grad():
-                features = [f for f in self.unet.encoder(self.normalise(probe)) if f.requires_grad]
-                total = sum(f.sum() for f in features)
-                grads = torch.autograd.grad(total, parameters, allow_unused=True)
-            self.train(was_training)
-            self._encoder = [p for p, g in zip(parameters, grads, strict=True) if g is not None]
+            self._encoder = self._reached(parameters, deepest_only=False)
         return self._encoder
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """W for GradNorm: the last weight tensor of the encoder's final block.
-
-        Found by asking autograd which encoder weights the bottleneck depends on, so that
-        parameters an encoder keeps but never uses (EfficientNet's `_conv_head`) are skipped.
-        """
+        """W for GradNorm: the last weight tensor of the encoder's final block."""
         if self._shared is None:
-            side = 2 * 2**self.encoder_depth
-            probe = torch.zeros(1, 1, side, side, device=self.mean.device)
             weights = [p for p in self.unet.encoder.parameters() if p.dim() > 1]
-            was_training = self.training
-            self.eval()
-            with torch.enable_grad():
-                bottleneck = self.unet.encoder(self.normalise(probe))[-1]
-                grads = torch.autograd.grad(bottleneck.sum(), weights, allow_unused=True)
-            self.train(was_training)
-            used = [w for w, g in zip(weights, grads, strict=True) if g is not None]
-            self._shared = [used[-1]]
+            self._shared = self._reached(weights, deepest_only=True)[-1:]
         return self._shared
+
+    def _reached(self, parameters: list[nn.Parameter], deepest_only: bool) -> list[nn.Parameter]:
+        """Those of `parameters` that the encoder's outputs (or only its deepest, the
+        bottleneck) depend on, found by asking autograd on a probe, so that parameters an
+        encoder keeps but never uses (EfficientNet's `_conv_head`) are skipped."""
+        side = 2 * 2**self.encoder_depth
+        probe = torch.zeros(1, 1, side, side, device=self.mean.device)
+        was_training = self.training
+        self.eval()
+        with torch.enable_grad():
+            features = self.unet.encoder(self.normalise(probe))
+            features = features[-1:] if deepest_only else features
+            total = sum(f.sum() for f in features if f.requires_grad)
+            grads = torch.autograd.grad(total, parameters, allow_unused=True)
+        self.train(was_training)
+        return [p for p, g in zip(parameters, grads, strict=True) if g is not None]
 
 
 def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
