@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,38 @@ def test_study_scale(run_bench):
     assert result["ratio"] == pytest.approx(
         result["last_tenth_s_per_trial"] / result["first_tenth_s_per_trial"], rel=0.01
     )
+
+
+def test_suite_cpu(run_bench, tmp_path):
+    """The suite profiler on a suite of two tests: one waits, one starts a process that
+    burns CPU; both are timed, and the process is counted apart from pytest's."""
+    suite = tmp_path / "suite" / "test_two.py"
+    suite.parent.mkdir()
+    suite.write_text(
+        textwrap.dedent("""
+            import subprocess, sys, time
+
+            BURN = "import time\\nt = time.process_time()\\n" + (
+                "while time.process_time() - t < 0.5: pass"
+            )
+
+            def test_waits():
+                time.sleep(0.3)
+
+            def test_starts_a_process():
+                subprocess.run([sys.executable, "-c", BURN], check=True)
+        """)
+    )
+    result = run_bench("suite_cpu.py", str(suite))
+    assert result["pytest_exit"] == 0
+    (name,) = result["files"]
+    assert name.endswith("test_two.py") and result["files"][name]["tests"] == 2
+    waits = next(t for n, t in result["tests"].items() if n.endswith("test_waits"))
+    assert waits["wall"] >= 0.3
+    # The machine's every core, busy or idle, over the test's time.
+    cores = result["cores"]
+    assert waits["busy"] + waits["idle"] == pytest.approx(cores * waits["wall"], rel=0.25)
+    burner = result["processes"]["other subprocesses (study.run, benches, CLIs)"]
+    assert burner["cpu_s"] >= 0.4  # the child's half second, beside this bench's own sampling
+    assert result["processes"]["pytest"]["processes"] >= 1  # (and any pytest around it)
+    assert result["busy_core_s"] > 0.4 and result["wall_s"] > 0.3
