@@ -18,9 +18,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# Everything but the tests marked slow (Ray clusters, whole studies, benches): minutes.
+# Everything but the tests marked slow (Ray clusters, whole studies, benches): minutes. One
+# pytest worker per core (pytest-xdist), each on one torch thread: most of these tests keep
+# one core busy, and two workers' default threads would fight over the cores.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 interrupted = None
             written = write_report(prepared.folder, console=console)
     except STUDY_ERRORS as error:
-        console.print(f"[red]error:[/red] {escape(str(error))}")
+        # soft_wrap: a path in the message stays whole (copyable), however narrow the console
+        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         return 2
     folder = asked.folder
     if asked.trackers:
@@ -269,12 +270,14 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted is not None:
         console.print(f"[yellow]{escape(str(interrupted))}[/yellow]")
         return interrupted.exit_status
-    console.print(f"results, report and plots: {folder}")
+    console.print(f"results, report and plots: {folder}", soft_wrap=True)
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
     console.print(f"elapsed: {minutes} min {seconds:02d} s")
     failed = trials[trials.status == "errored"]
     for row in failed.itertuples():
-        console.print(f"[red]trial {row.trial_id} failed:[/red] {row.error}")
+        console.print(
+            f"[red]trial {row.trial_id} failed:[/red] {escape(str(row.error))}", soft_wrap=True
+        )
     return 1 if len(failed) else 0
 
 

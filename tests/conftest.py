@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ import pytest
 
 from mtl.config import tiny
 from mtl.data import SynthSpec, build_synthetic_store
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # A pytest-xdist worker (make test-fast) inherits COLUMNS=80 with no terminal behind it;
+    # the output the tests read is what a pipe gets, as in a run without workers.
+    os.environ.pop("COLUMNS", None)
 
 
 @pytest.fixture(scope="session")
