@@ -3,8 +3,10 @@ workers, `python -m mtl.train` and the benches step a fold with, and a checkpoin
 
 The contract (`Trainer`): a trainer runs one epoch at a time (`run_epoch() -> EpochMetrics`)
 and saves and restores its whole state (`state_dict()`, `load_state_dict()`); mtl's own is
-`FoldTrainer` (mtl/trainer.py). This module imports torch but no model library, so a process
-that steps a scripted trainer never loads segmentation-models-pytorch.
+`FoldTrainer` (mtl/trainer.py). This module loads no model library, so a process that steps
+a scripted trainer never loads segmentation-models-pytorch; and torch only where a checkpoint
+is written or read, so a trial process whose folds are actors on other processes never loads
+it (seconds and hundreds of MB per trial on a cluster's head node).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import io
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from mtl.config import TrainConfig
 from mtl.schema import EpochMetrics
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Trainer(Protocol):
@@ -41,6 +44,8 @@ def checkpoint_name(fold: str) -> str:
 
 def write_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """torch.save to `path` atomically: readers see the old file or the new one."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -52,6 +57,8 @@ def write_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 def checkpoint_bytes(state: dict) -> bytes:
     """A fold's state as the bytes of a checkpoint file (to send from a worker on another
     node)."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
@@ -63,6 +70,8 @@ def read_checkpoint(source: str | os.PathLike | bytes) -> dict:
 
     weights_only: a checkpoint holds tensors and plain containers, never pickled code.
     """
+    import torch
+
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     return torch.load(source, map_location="cpu", weights_only=True)

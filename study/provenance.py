@@ -1,7 +1,7 @@
 """What produced a result: the code, the libraries, the GPU, the command, the data.
 
-`environment()` is measured where it matters: in every trial's own process (a worker node
-may differ from the driver), and once per run of the driver for study.json.
+`environment()` is measured where it matters: in every fold worker, where the training runs
+(a worker node may differ from the driver), and once per run of the driver for study.json.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def environment(code: tuple[str, bool | None] | None = None) -> dict:
         "code_version": commit,
         "code_dirty": dirty,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # not TorchVersion: unpickling that imports torch
         "cuda": torch.version.cuda,
         "smp": _version("segmentation-models-pytorch"),
         "ray": _version("ray"),

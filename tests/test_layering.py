@@ -125,6 +125,14 @@ def test_reading_results_needs_no_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_a_trial_whose_folds_are_actors_needs_no_torch():
+    """The trainable and the fold worker's module load no torch: a trial process whose folds
+    are actors never does (the folds import it where they are made, with their versions)."""
+    code = "import sys, study.driver.trial; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_a_configuration_is_made_and_checked_without_torch():
     """The names of the closed fields are the config's own: making, changing and refusing a
     configuration loads none of the torch code that builds what it names."""

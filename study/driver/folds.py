@@ -1,6 +1,7 @@
 """One fold of a trial, wherever it runs: a Ray actor of the trial's placement group, or an
 object in the trial's own process (study/driver/trial.py). Apart from the trainable so that a
-fold actor imports neither Ray Tune nor a model library it does not use (seconds per actor).
+fold actor imports neither Ray Tune nor a model library it does not use (seconds per actor);
+torch is imported where a fold is made, so that a trial whose folds are actors never loads it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import socket
 from dataclasses import dataclass
 
 import ray
-import torch
 
 from mtl import (
     EpochMetrics,
@@ -22,6 +22,7 @@ from mtl import (
     split_label,
     train_epochs,
 )
+from study.provenance import environment
 from study.storage import fetch_store, store_cache
 
 
@@ -75,6 +76,8 @@ class FoldWorker:
     """
 
     def __init__(self, config: TrainConfig, fold: str, setup: TrialSetup):
+        import torch
+
         torch.set_num_threads(setup.threads)
         self.fold = fold
         # Repeated CV: fold "2C" is fold C of the split drawn with fold_seed + 1.
@@ -97,6 +100,9 @@ class FoldWorker:
         self.trainer: Trainer | None = self.trainer_class(self.config, self.letter)
         self.parked: bytes | None = None  # the offloaded state, between epochs
         self.device_name = _device_name(self.trainer)
+        # The versions of where the fold trains, which a trial's own process (torch-free when
+        # its folds are actors, perhaps on another node) would not tell.
+        self.environment = environment(setup.code)
 
     def run_epoch(self) -> tuple[EpochMetrics, dict]:
         trainer = self._trainer()
@@ -113,6 +119,8 @@ class FoldWorker:
         return self.trainer
 
     def _park(self) -> None:
+        import torch
+
         self.parked = checkpoint_bytes(self.trainer.state_dict())
         self.trainer = None
         if torch.cuda.is_available():
@@ -127,6 +135,10 @@ class FoldWorker:
             "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else None,
             "device": self.device_name,
         }
+
+    def versions(self) -> dict:
+        """The code and library versions and the GPU of this fold's process (provenance)."""
+        return self.environment
 
     def state(self) -> bytes:
         if self.trainer is None:
@@ -149,5 +161,7 @@ def fold_trainer() -> type:
 
 def _device_name(trainer: Trainer) -> str:
     """The name of the device a trainer trains on: the GPU's model, or cpu."""
+    import torch
+
     device = torch.device(trainer.device)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

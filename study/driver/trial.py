@@ -28,7 +28,6 @@ from mtl import (
 )
 from study.driver.checkpoints import trial_checkpoints
 from study.driver.folds import FoldWorker, TrialSetup
-from study.provenance import environment
 from study.results.foldlog import epoch_report, fold_log_entry, write_fold_log
 from study.results.tables import train_overrides
 
@@ -69,11 +68,11 @@ def run_trial(overrides: dict, *, setup: TrialSetup) -> None:
     config = setup.base.replace(**train_overrides(overrides))
     trial_id = tune.get_context().get_trial_id()
     folds, store_hash = setup.folds, setup.store_hash
-    versions = environment(setup.code)
+    workers = Folds(config, setup)
+    versions = workers.call("versions")[0]  # measured where the folds train (FoldWorker)
     checkpoint_versions = {  # what study.results.export records in model.json
         "torch": versions["torch"], "segmentation_models_pytorch": versions["smp"],
     }  # fmt: skip
-    workers = Folds(config, setup)
     checkpoint = tune.get_checkpoint()
     # Epochs completed; a resumed or retried trial continues from its checkpoint.
     done = restore(workers, checkpoint, folds) if checkpoint is not None else 0

@@ -52,7 +52,7 @@ def fold_log_entry(
     by_fold: Mapping[str, EpochMetrics], nodes: Mapping[str, Mapping], environment: Mapping
 ) -> dict:
     """One epoch of a trial's fold log: every fold's rows (with the node that trained it),
-    its confusion cells, and the trial process's environment (study.provenance)."""
+    its confusion cells, and the environment where the folds train (study.provenance)."""
     rows, matrices = [], []
     for fold, metrics in by_fold.items():
         rows += [{"fold": fold, **row, **nodes[fold]} for row in metrics.rows()]
