@@ -15,14 +15,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m study.run
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
-
 # Everything but the tests marked slow (Ray clusters, whole studies, benches): minutes. One
 # pytest worker per core (pytest-xdist), each on one torch thread: most of these tests keep
 # one core busy, and two workers' default threads would fight over the cores.
+FAST_TESTS := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n auto
+
+# Every test: test-fast's, then the slow ones in one pytest process, one after another (their
+# Ray processes keep every core busy themselves: side by side they only slowed each other,
+# docs/performance.md). Both parts run whatever the first one's outcome.
+test: $(STAMP)
+	$(FAST_TESTS); fast=$$?; \
+	$(BIN)/python -m pytest -m slow; slow=$$?; \
+	test $$fast -eq 0 -a $$slow -eq 0
+
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" -n auto
+	$(FAST_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
