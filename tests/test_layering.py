@@ -4,6 +4,7 @@ optuna, no study inside); study, the benches and study's tests use only mtl's pu
 
 import ast
 import pathlib
+import pickle
 import subprocess
 import sys
 
@@ -131,6 +132,13 @@ def test_a_trial_whose_folds_are_actors_needs_no_torch():
     code = "import sys, study.driver.trial; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+    # The versions a fold worker sends back, unpickled in the trial: plain strings, no torch.
+    from study.provenance import environment
+
+    sent = pickle.dumps(environment())
+    code = "import pickle, sys; pickle.load(sys.stdin.buffer); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], input=sent, capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "False"
 
 
 def test_a_configuration_is_made_and_checked_without_torch():
