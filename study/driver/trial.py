@@ -69,7 +69,7 @@ def run_trial(overrides: dict, *, setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     folds, store_hash = setup.folds, setup.store_hash
     workers = Folds(config, setup)
-    versions = workers.call("versions")[0]  # measured where the folds train (FoldWorker)
+    versions = workers.call("versions")[0]  # the first fold's process: where training runs
     checkpoint_versions = {  # what study.results.export records in model.json
         "torch": versions["torch"], "segmentation_models_pytorch": versions["smp"],
     }  # fmt: skip
