@@ -100,9 +100,7 @@ class FoldWorker:
         self.trainer: Trainer | None = self.trainer_class(self.config, self.letter)
         self.parked: bytes | None = None  # the offloaded state, between epochs
         self.device_name = _device_name(self.trainer)
-        # The versions of where the fold trains, which a trial's own process (torch-free when
-        # its folds are actors, perhaps on another node) would not tell.
-        self.environment = environment(setup.code)
+        self.code = setup.code
 
     def run_epoch(self) -> tuple[EpochMetrics, dict]:
         trainer = self._trainer()
@@ -137,8 +135,10 @@ class FoldWorker:
         }
 
     def versions(self) -> dict:
-        """The code and library versions and the GPU of this fold's process (provenance)."""
-        return self.environment
+        """The code and library versions and the GPU of this fold's process (provenance):
+        where the fold trains, which a trial's own process (torch-free when its folds are
+        actors, perhaps on another node) would not tell."""
+        return environment(self.code)
 
     def state(self) -> bytes:
         if self.trainer is None:

@@ -54,6 +54,11 @@ class Folds:
             for i, fold in enumerate(setup.folds)
         ]
 
+    def call_first(self, method: str):
+        """`method` of the first fold's worker alone."""
+        first = self.workers[0]
+        return ray.get(getattr(first, method).remote()) if self.actors else getattr(first, method)()
+
     def call(self, method: str, per_worker: list | None = None) -> list:
         args = [(a,) for a in per_worker] if per_worker is not None else [()] * len(self.workers)
         if not self.actors:
@@ -69,7 +74,7 @@ def run_trial(overrides: dict, *, setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     folds, store_hash = setup.folds, setup.store_hash
     workers = Folds(config, setup)
-    versions = workers.call("versions")[0]  # the first fold's process: where training runs
+    versions = workers.call_first("versions")  # a fold's process: where training runs
     checkpoint_versions = {  # what study.results.export records in model.json
         "torch": versions["torch"], "segmentation_models_pytorch": versions["smp"],
     }  # fmt: skip
