@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from mtl.schema import TASKS, EpochMetrics, SplitMetrics
 
 PATTERN_COUNTS = tuple(tuple(0 for _ in range(7)) for _ in range(7))
@@ -47,7 +45,8 @@ class ScriptedTrainer:
         return uniform_epoch(self.epoch, self.score(), self.config.tasks)
 
     def state_dict(self) -> dict:
-        return {"epoch": torch.tensor(self.epoch)}
+        # Plain values, no tensor: a process stepping it never loads torch (mtl/loop.py).
+        return {"epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state["epoch"])

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import platform
 import shlex
 import subprocess
@@ -49,27 +50,49 @@ def _version(package: str) -> str | None:
         return None
 
 
-def environment(code: tuple[str, bool | None] | None = None) -> dict:
+def torch_build() -> tuple[str | None, str | None]:
+    """torch's version and the CUDA version it was built for (None: none, or no torch), read
+    from torch/version.py without importing torch (seconds), which a process that never
+    needed torch would otherwise load only to say so."""
+    if "torch" in sys.modules:
+        import torch
+
+        return str(torch.__version__), torch.version.cuda  # str: see environment()
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None, None
+    path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    version = importlib.util.spec_from_file_location("_torch_version", path)
+    module = importlib.util.module_from_spec(version)
+    version.loader.exec_module(module)  # a few assignments of strings
+    return module.__version__, module.cuda
+
+
+def environment(code: tuple[str, bool | None] | None = None, *, gpu: bool = True) -> dict:
     """The code and library versions of this process, and its GPU's model (None without).
 
     `code`: the code version (commit, dirty) to record instead of this process's own: a
     trial gets the driver's, so that every trial names the code the study ran, whatever a
-    node's own copy holds.
+    node's own copy holds. `gpu=False`: the process uses no GPU (a model-free trainer's), so
+    torch is not loaded to ask for one, and the GPU is None.
     """
-    import torch
-
     commit, dirty = code or code_version()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    torch_version, cuda = torch_build()
+    model = None
+    if gpu:
+        import torch
+
+        model = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "code_version": commit,
         "code_dirty": dirty,
         "python": platform.python_version(),
-        "torch": str(torch.__version__),  # not TorchVersion: unpickling that imports torch
-        "cuda": torch.version.cuda,
+        "torch": torch_version,  # a str, not TorchVersion: unpickling that imports torch
+        "cuda": cuda,
         "smp": _version("segmentation-models-pytorch"),
         "ray": _version("ray"),
         "optuna": _version("optuna"),
-        "gpu": gpu,
+        "gpu": model,
     }
 
 

@@ -141,6 +141,31 @@ def test_a_trial_whose_folds_are_actors_needs_no_torch():
     assert out.stdout.decode().strip() == "False"
 
 
+def test_a_fold_with_a_model_free_trainer_needs_no_torch(tiny_store):
+    """A fold worker stepping mtl.ScriptedTrainer (the tests' and benches' studies), as a
+    trial's process or a fold actor runs it: it trains, checkpoints, restores and reports
+    its versions without loading torch (seconds of every such process)."""
+    code = f"""if True:
+        import sys
+        from mtl import ScriptedTrainer, tiny
+        from study.driver.folds import FoldWorker, TrialSetup
+        config = tiny().replace(data={str(tiny_store.path)!r}, epochs=2)
+        setup = TrialSetup(base=config, folds=("A",), score_metrics=(), trainer=ScriptedTrainer,
+                           store_hash={tiny_store.content_hash!r}, fold_log="")
+        fold = FoldWorker(config, "A", setup)
+        metrics, where = fold.run_epoch()
+        state = fold.state()
+        fold.run_epoch()
+        fold.load(state)
+        versions = fold.versions()
+        print(metrics.epoch, where["device"], fold.trainer.epoch, versions["gpu"],
+              bool(versions["torch"]), "torch" in sys.modules)
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "cpu", "1", "None", "True", "False"]
+
+
 def test_a_configuration_is_made_and_checked_without_torch():
     """The names of the closed fields are the config's own: making, changing and refusing a
     configuration loads none of the torch code that builds what it names."""

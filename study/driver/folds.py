@@ -1,13 +1,15 @@
 """One fold of a trial, wherever it runs: a Ray actor of the trial's placement group, or an
 object in the trial's own process (study/driver/trial.py). Apart from the trainable so that a
 fold actor imports neither Ray Tune nor a model library it does not use (seconds per actor);
-torch is imported where a fold is made, so that a trial whose folds are actors never loads it.
+torch is imported where a fold is made, by its trainer, so that a trial whose folds are actors
+never loads it, nor a fold whose trainer is model-free (mtl.ScriptedTrainer).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import ray
@@ -76,9 +78,11 @@ class FoldWorker:
     """
 
     def __init__(self, config: TrainConfig, fold: str, setup: TrialSetup):
-        import torch
+        self.trainer_class, self.offload = setup.trainer or fold_trainer(), setup.offload
+        if "torch" in sys.modules:  # a model-free trainer (a test's, a bench's) loads none
+            import torch
 
-        torch.set_num_threads(setup.threads)
+            torch.set_num_threads(setup.threads)
         self.fold = fold
         # Repeated CV: fold "2C" is fold C of the split drawn with fold_seed + 1.
         repeat, self.letter = split_label(fold)
@@ -96,7 +100,6 @@ class FoldWorker:
             fold_seed=config.fold_seed + repeat,
             device=allotted_device(config.device),
         )
-        self.trainer_class, self.offload = setup.trainer or fold_trainer(), setup.offload
         self.trainer: Trainer | None = self.trainer_class(self.config, self.letter)
         self.parked: bytes | None = None  # the offloaded state, between epochs
         self.device_name = _device_name(self.trainer)
@@ -137,8 +140,9 @@ class FoldWorker:
     def versions(self) -> dict:
         """The code and library versions and the GPU of this fold's process (provenance):
         where the fold trains, which a trial's own process (torch-free when its folds are
-        actors, perhaps on another node) would not tell."""
-        return environment(self.code)
+        actors, perhaps on another node) would not tell. A fold whose trainer loaded no torch
+        used no GPU: its GPU is None, and torch is not loaded to say so."""
+        return environment(self.code, gpu="torch" in sys.modules)
 
     def state(self) -> bytes:
         if self.trainer is None:
@@ -161,6 +165,8 @@ def fold_trainer() -> type:
 
 def _device_name(trainer: Trainer) -> str:
     """The name of the device a trainer trains on: the GPU's model, or cpu."""
+    if str(trainer.device) == "cpu":
+        return "cpu"
     import torch
 
     device = torch.device(trainer.device)

@@ -1,10 +1,13 @@
 import dataclasses
 import math
+import os
+import pickle
 
 import pytest
 import torch
 
 from mtl.labels import PATTERNS
+from mtl.loop import checkpoint_bytes, read_checkpoint, write_checkpoint
 from mtl.schema import EpochMetrics
 from mtl.train import train_fold
 from mtl.trainer import FoldTrainer
@@ -73,6 +76,22 @@ def test_a_checkpoint_of_another_fold_is_refused(tiny_config, tmp_path):
     path = trainer.save(tmp_path / "a.pt")
     with pytest.raises(ValueError, match="fold 'A'.*cannot resume fold 'B'"):
         FoldTrainer(tiny_config, "B").load(path)
+
+
+def test_a_checkpoint_without_tensors_is_plain_values_and_runs_no_code(tmp_path):
+    """Written where torch is loaded: torch.save's file; read back either way. Written
+    without torch (checkpoint_bytes in a model-free trainer's process): a pickle of plain
+    values, whose reader looks up no class or function."""
+    state = {"epoch": 3, "history": [0.5, 0.25], "name": "A"}
+    path = write_checkpoint(state, tmp_path / "fold-A.pt")
+    assert path.read_bytes()[:4] == b"PK\x03\x04"  # this process has torch: its format
+    assert read_checkpoint(path) == read_checkpoint(checkpoint_bytes(state)) == state
+    plain = pickle.dumps(state)  # what a process without torch writes
+    assert read_checkpoint(plain) == state
+    (tmp_path / "fold-B.pt").write_bytes(plain)
+    assert read_checkpoint(tmp_path / "fold-B.pt") == state
+    with pytest.raises(pickle.UnpicklingError, match="plain values only, not posix.system"):
+        read_checkpoint(pickle.dumps({"epoch": os.system}))
 
 
 def test_bad_fold_and_mismatched_size_are_clear_errors(tiny_config):
