@@ -2,6 +2,7 @@
 
     python bench/study_scale.py --trials 1000 --json scale.json     # the target: ratio <= 1.5
     python bench/study_scale.py --trials 20 --epochs 1              # CI-sized
+    python bench/study_scale.py --trials 1000 --report              # and the study's report
 
 A study of N configurations (a grid over `lr`, no early stopping), each trained on 5 folds
 for a few epochs by a scripted trainer: no torch training, so what is timed is the driver
@@ -20,16 +21,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
 
 from mtl import ScriptedTrainer
 from study.driver.prepare import StudyRequest
 from study.driver.tuner import run_study
+from study.report.document import write_report
 from study.spec.presets import StudyConfig, smoke
 
 
@@ -106,6 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--epochs", type=int, default=2, help="epochs per trial")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--report", action="store_true",
+                        help="also time the study's report (write_report: the tables and "
+                        "figures python -m study.run writes when the study ends)")  # fmt: skip
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     if args.trials < 20:
@@ -118,6 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.monotonic()
         _, trials = run_study(request)
         total = time.monotonic() - started
+        if args.report:
+            started = time.monotonic()
+            written = write_report(Path(tmp) / study.name, console=Console(file=io.StringIO()))
+            report_s = time.monotonic() - started
     ends = np.array([t for t, _ in CALLS["trial_end"]])
     tenth = len(ends) // 10
     first, last = ends[:tenth], ends[-tenth:]
@@ -129,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
         "cpus": args.cpus,
         "total_s": round(total, 1),
     }
+    if args.report:
+        result["report_s"] = round(report_s, 1)
+        result["report_pngs"] = sum(path.suffix == ".png" for path in written)
     for part, name in (
         (None, "s_per_trial"),
         ("harness", "harness_s"),
@@ -148,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
                        ("  Tune's experiment-state saves", "tune_state_s")):  # fmt: skip
         a, b = result[f"first_tenth_{name}"], result[f"last_tenth_{name}"]
         print(f"{part:32s} {a:.4f} -> {b:.4f}  (x{b / a:.2f})" if a else f"{part:32s} {a} -> {b}")
+    if args.report:
+        print(f"the report: {result['report_s']:.1f} s, {result['report_pngs']} figures")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -73,6 +73,9 @@ from study.stats.selection import (
 )
 
 CONFUSION_FIGURES = 3  # confusion matrices for this many of the best configurations
+# Training curves for at most this many trials, the completed ones best first: a figure per
+# trial (0.7 s each here) would make a 1,000-trial study's report take 12 minutes.
+CURVE_FIGURES = 16
 CONSOLE_FOLD_TABLES = 6  # per-fold tables printed; report.md has all of them
 # What a study with one tuning budget per balancer compares the balancers with: tuned fixed
 # weights (Kurin et al. 2022; Xin et al. 2022).
@@ -206,13 +209,23 @@ def build_tables(
 
 def draw_figures(
     results: Results, out: Path, level: str, epoch: str, built: Built, suffix: str
-) -> tuple[dict[str, list[Path]], list[str]]:
-    """Every PNG of the report, by section, and notes on what could not be drawn."""
+) -> tuple[dict[str, list[Path]], dict[str, list[str]]]:
+    """Every PNG of the report, by section, and notes by section on what was not drawn."""
     summary = built.summary
     labels = configuration_labels(results.trials, results.keys)
     epochs = results.epochs
     figures: dict[str, list[Path]] = {"training curves": [], "task weights": []}
-    for trial_id in labels.index[labels.index.isin(epochs.trial_id)]:
+    notes: dict[str, list[str]] = {}
+    trained = labels.index[labels.index.isin(epochs.trial_id)]
+    if len(trained) > CURVE_FIGURES:
+        completed = summary.index[summary.index.isin(trained)]  # best first
+        ranked = [*completed, *trained.difference(completed, sort=False)]
+        notes["training curves"] = [
+            f"the curves of {CURVE_FIGURES} of the {len(trained)} trials: the completed ones "
+            "best first by score, then the others; every trial's epochs are in epochs.parquet"
+        ]
+        trained = trained[trained.isin(ranked[:CURVE_FIGURES])]  # in the labels' order
+    for trial_id in trained:
         title = f"{labels[trial_id]}: training and validation"
         trial = results.trials.set_index("trial_id").loc[trial_id]
         if trial.status != "completed":  # say why the curves stop early
@@ -272,17 +285,18 @@ def draw_figures(
         )
         for trial_id in summary.index[:CONFUSION_FIGURES]
     ]
-    notes = []
     try:
         study = plots.load_optuna_study(results.path)
     except ValueError as error:
-        study, notes = None, [str(error)]
+        study, notes["optuna"] = None, [str(error)]
     if study is None:
-        notes = notes or ["no Optuna study (optuna.db or optuna.journal) in the results folder"]
+        notes.setdefault(
+            "optuna", ["no Optuna study (optuna.db or optuna.journal) in the results folder"]
+        )
         figures["optuna"] = []
     else:
-        figures["optuna"], notes = plots.optuna_figures(study, out)
-        notes += repeated_proposals(study)
+        figures["optuna"], notes["optuna"] = plots.optuna_figures(study, out)
+        notes["optuna"] += repeated_proposals(study)
     return figures, notes
 
 
@@ -344,9 +358,8 @@ def markdown_report(
     for section, paths in figures.items():
         parts.append(f"### {section.capitalize()}\n")
         parts += [f"![{p.stem}]({p.name})\n" for p in paths]
-        if section == "optuna":  # the only figures that may be missing for a reason
-            parts += [f"- {note}\n" for note in notes]
-        if not paths and not (section == "optuna" and notes):
+        parts += [f"- {note}\n" for note in notes.get(section, [])]
+        if not paths and not notes.get(section):
             parts.append("None drawn.\n")
     return "\n".join(parts)
 
@@ -415,7 +428,7 @@ def write_report(
         if note:
             console.print(escape(note))
     console.print(f"[bold]{escape(best)}[/]")
-    for note in notes:
+    for note in (note for section in notes.values() for note in section):
         console.print(f"note: {escape(note)}")
     console.print(f"report: {report}")
     return written

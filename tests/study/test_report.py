@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from mtl import INTENSITIES, PATTERNS, tiny
-from study.report import plots
+from study.report import document, plots
 from study.report.document import main, write_report
 from study.report.summary import (
     compare_with_original,
@@ -326,6 +326,27 @@ def test_report_writes_every_table_and_figure(results):
     assert "best configuration: seg_loss=bce, alpha=0.06" in printed
     assert "undecided" in printed and "cannot be told apart" in printed
     assert "pattern accuracy" in printed and "pruned and errored" in printed
+
+
+def test_a_large_study_draws_the_curves_of_its_best_trials_only(results, monkeypatch):
+    """Over CURVE_FIGURES trials, the curves of the completed ones best first (t2 scores
+    0.8, t1 less), then the stopped ones (t3; t4 has no epoch): one PNG per trial of a
+    1,000-trial study would take minutes. The report says what was left out and where."""
+    monkeypatch.setattr(document, "CURVE_FIGURES", 2)
+    out = io.StringIO()
+    write_report(results, console=Console(file=out, width=200))
+    assert sorted(p.name for p in results.glob("curves_*.png")) == [
+        "curves_t1.png", "curves_t2.png"
+    ]  # fmt: skip
+    note = (
+        "the curves of 2 of the 3 trials: the completed ones best first by score, then the "
+        "others; every trial's epochs are in epochs.parquet"
+    )
+    assert f"- {note}" in (results / "report.md").read_text()
+    assert f"note: {note}" in " ".join(out.getvalue().split())
+    monkeypatch.setattr(document, "CURVE_FIGURES", 1)
+    write_report(results, out=results / "one", console=Console(file=io.StringIO()))
+    assert [p.name for p in (results / "one").glob("curves_*.png")] == ["curves_t2.png"]
 
 
 def test_best_epoch_patient_level_and_the_original_side_by_side(results, tmp_path):
