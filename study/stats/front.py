@@ -32,11 +32,6 @@ FRONT_COLUMNS = ("trial_id", "task", "metric", "n_folds", "mean", "ci_low", "ci_
                  "on_front", "established_dominated", "dominated_by")  # fmt: skip
 
 
-def _dominates(a: np.ndarray, b: np.ndarray) -> bool:
-    """a at least as good as b everywhere and better somewhere (higher is better)."""
-    return bool((a >= b).all() and (a > b).any())
-
-
 def task_front(
     per_fold: pd.DataFrame,
     metrics: Mapping[str, str],
@@ -100,11 +95,12 @@ def task_front(
                     by.append(other)
         return by
 
+    mean_of = means.to_numpy()  # trials x tasks
     rows = []
     for position, trial in enumerate(complete):
-        others = [o for o in complete if o != trial]
-        on_front = not any(_dominates(means.loc[o].to_numpy(), means.loc[trial].to_numpy())
-                           for o in others)  # fmt: skip
+        mine = mean_of[position]
+        # Dominated by means: another at least as good on every task, better on one.
+        on_front = not ((mean_of >= mine).all(axis=1) & (mean_of > mine).any(axis=1)).any()
         by = [complete[other] for other in dominators(position)]
         for task, metric in metrics.items():
             values = wide[task].loc[trial].dropna() * METRIC_DIRECTIONS[metric]
