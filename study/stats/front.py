@@ -77,7 +77,7 @@ def task_front(
         within ±rope. Only the pairs whose means allow it get the test (each some 0.6 ms,
         minutes for every pair of a 1,000-trial study), with a margin for the means'
         rounding; the test decides, task by task, until one fails."""
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # no shared fold: a NaN mean
             mean = np.stack([np.nanmean(oriented[t] - oriented[t][trial], axis=1) for t in tasks])
         margin = 1e-9
