@@ -66,7 +66,11 @@ def test_gradnorm_gradient_norms_under_bf16_match_fp32(device, seg_loss):
     with torch.autocast(device, torch.bfloat16):
         output = model(batch["image"])
     balancer.backward(task_losses(output, batch, seg_loss))
-    torch.testing.assert_close(balancer.last_grad_norms, fp32, rtol=0.01, atol=0)
+    # 1% on a GPU. A CPU's bf16 kernels round differently by instruction set: within 1% where
+    # it has native bf16 (AVX-512), 2.0% for the mask's norm on an AVX2-only CPU (AMD EPYC).
+    # The CPU dry run checks the code path; the precision claim is the GPU's.
+    rtol = 0.01 if device == "cuda" else 0.05
+    torch.testing.assert_close(balancer.last_grad_norms, fp32, rtol=rtol, atol=0)
 
 
 def test_a_fold_resumes_from_its_checkpoint(config, tmp_path):
