@@ -200,26 +200,36 @@ def test_gradient_norms_on_the_shared_layer_are_exact_in_fp32():
 
 
 @pytest.mark.parametrize("seg_loss", ["dice", "bce"])
-def test_gradient_norms_under_bf16_autocast_match_fp32_within_one_percent(seg_loss):
+def test_gradient_norms_under_bf16_autocast_are_each_tasks_own(seg_loss):
     """The flatten head makes the pattern gradient on W 28x (BCE) to 72x (Dice) the
     segmentation one: the setting in which recovering G_seg from the summed bf16 gradient
-    went 8% off (Dice)."""
+    went 8% off (Dice). GradNorm's norms are those of each task's own gradient in the same
+    bf16 forward (within 1%), and near the fp32 ones."""
     torch.manual_seed(0)
     config = small().replace(head="flatten")
     model = MultiTaskUNet.from_config(config).train()
     (shared,) = model.shared_parameters()
     batch = _grad_norm_batch(config.image_size)
-    losses = task_losses(model(batch["image"]), batch, seg_loss)
-    fp32 = torch.stack(
-        [torch.autograd.grad(loss, shared, retain_graph=True)[0].norm() for loss in losses]
-    )
+
+    def own_norms(losses):
+        return torch.stack(
+            [torch.autograd.grad(loss, shared, retain_graph=True)[0].norm() for loss in losses]
+        )
+
+    fp32 = own_norms(task_losses(model(batch["image"]), batch, seg_loss))
     assert fp32[1] > 20 * fp32[0]  # the pattern term dominates
+    with torch.autocast("cpu", torch.bfloat16):
+        output = model(batch["image"])
+    bf16 = own_norms(task_losses(output, batch, seg_loss))
     model.zero_grad(set_to_none=True)
     balancer = GradNorm([shared])
     with torch.autocast("cpu", torch.bfloat16):
         output = model(batch["image"])
     balancer.backward(task_losses(output, batch, seg_loss))
-    torch.testing.assert_close(balancer.last_grad_norms, fp32, rtol=0.01, atol=0)
+    torch.testing.assert_close(balancer.last_grad_norms, bf16, rtol=0.01, atol=0)
+    # bf16's own rounding, which depends on the CPU's instructions: within 1% where it has
+    # native bf16 (AVX-512), 2.0% for the mask's norm on an AVX2-only CPU (AMD EPYC).
+    torch.testing.assert_close(balancer.last_grad_norms, fp32, rtol=0.05, atol=0)
 
 
 def test_dwa_follows_the_loss_ratios_of_the_two_previous_epochs():
