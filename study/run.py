@@ -188,6 +188,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "mlflow: MLFLOW_TRACKING_URI, default RESULTS/NAME/mlflow.db; wandb: offline into "
         "RESULTS/NAME/wandb unless logged in. Needs pip install 'hep2-mtl[mlflow]' or [wandb]",
     )
+    p.add_argument(
+        "--no-figures",
+        action="store_true",
+        help="end with the report's tables and report.md but no PNGs (seconds less per "
+        "study; python -m study.report RESULTS/NAME draws them later)",
+    )
     p.add_argument("--verbose", action="store_true", help="show Ray's own output")
     add_version_option(p)
     return p.parse_args(argv)
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                 interrupted, trials = stop, None
             else:
                 interrupted = None
-            written = write_report(prepared.folder, console=console)
+            written = write_report(prepared.folder, console=console, figures=not args.no_figures)
     except STUDY_ERRORS as error:
         # soft_wrap: a path in the message stays whole (copyable), however narrow the console
         console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)

@@ -3,6 +3,7 @@ side, and the figures; printed with rich, written as report.md, one CSV per tabl
 
     python -m study.report RESULTS/NAME [--out DIR] [--level patch|image|patient]
                                         [--epoch final|best] [--compare-original]
+                                        [--no-figures]
 
 The tables follow the original study's figures: Fig. 4 (one table per configuration:
 metrics x folds A-E and mean +- std) and Fig. 16 (metrics x configurations). The numbers
@@ -22,7 +23,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from mtl import PATTERNS, SCORE_METRICS, add_version_option
-from study.report import plots
 from study.report.render import (
     SCREEN_COLUMNS,
     ReportTable,
@@ -50,6 +50,7 @@ from study.report.summary import (
     fold_table,
     front_sentence,
     gain_sentence,
+    load_optuna_study,
     load_results,
     optimism_sentence,
     original_conclusions_sentence,
@@ -208,9 +209,12 @@ def build_tables(
 
 
 def draw_figures(
-    results: Results, out: Path, level: str, epoch: str, built: Built, suffix: str
+    results: Results, out: Path, level: str, epoch: str, built: Built, suffix: str, optuna
 ) -> tuple[dict[str, list[Path]], dict[str, list[str]]]:
-    """Every PNG of the report, by section, and notes by section on what was not drawn."""
+    """Every PNG of the report, by section, and notes by section on what was not drawn.
+    `optuna`: optuna_study(results)."""
+    from study.report import plots  # matplotlib: only where figures are drawn
+
     summary = built.summary
     labels = configuration_labels(results.trials, results.keys)
     epochs = results.epochs
@@ -285,19 +289,22 @@ def draw_figures(
         )
         for trial_id in summary.index[:CONFUSION_FIGURES]
     ]
-    try:
-        study = plots.load_optuna_study(results.path)
-    except ValueError as error:
-        study, notes["optuna"] = None, [str(error)]
-    if study is None:
-        notes.setdefault(
-            "optuna", ["no Optuna study (optuna.db or optuna.journal) in the results folder"]
-        )
-        figures["optuna"] = []
-    else:
+    study, notes["optuna"] = optuna
+    figures["optuna"] = []
+    if study is not None:
         figures["optuna"], notes["optuna"] = plots.optuna_figures(study, out)
-        notes["optuna"] += repeated_proposals(study)
     return figures, notes
+
+
+def optuna_study(results: Results):
+    """The study's Optuna study, or None and the reason there is none."""
+    try:
+        study = load_optuna_study(results.path)
+    except ValueError as error:
+        return None, [str(error)]
+    if study is None:
+        return None, ["no Optuna study (optuna.db or optuna.journal) in the results folder"]
+    return study, []
 
 
 def repeated_proposals(study) -> list[str]:
@@ -305,7 +312,7 @@ def repeated_proposals(study) -> list[str]:
     trained again (study.search), each was told its original's result."""
     from study.results.tables import REPEATS
 
-    repeats = [t for t in study.trials if REPEATS in t.user_attrs]
+    repeats = [t for t in study.trials if REPEATS in t.user_attrs] if study else []
     if not repeats:
         return []
     originals = sorted({t.user_attrs[REPEATS] for t in repeats})
@@ -338,8 +345,17 @@ def score_note(results: Results) -> str | None:
 
 
 def markdown_report(
-    results: Results, level: str, epoch: str, tables, folds, best: str, figures, notes, words=()
+    results: Results,
+    level: str,
+    epoch: str,
+    tables,
+    folds,
+    best: str,
+    figures: dict[str, list[Path]] | None,
+    notes,
+    words=(),
 ) -> str:
+    """report.md; `figures` None: the figures were not drawn (--no-figures)."""
     parts = [
         f"# Study report: {results.name}\n",
         f"Results: `{results.path.resolve()}`. Level: {LEVELS[level]}. "
@@ -355,7 +371,9 @@ def markdown_report(
     parts += [*(markdown_table(t) for t in tables), "## Per fold\n"]
     parts += [markdown_table(t) for t in folds] or ["No completed configuration.\n"]
     parts.append("## Figures\n")
-    for section, paths in figures.items():
+    if figures is None:
+        parts.append(figures_not_drawn(results) + "\n")
+    for section, paths in (figures or {}).items():
         parts.append(f"### {section.capitalize()}\n")
         parts += [f"![{p.stem}]({p.name})\n" for p in paths]
         parts += [f"- {note}\n" for note in notes.get(section, [])]
@@ -372,11 +390,14 @@ def write_report(
     compare_original: bool = False,
     console: Console | None = None,
     rope: float = DEFAULT_ROPE,
+    figures: bool = True,
 ) -> list[Path]:
     """Print the report's tables and write report.md, one CSV per table and the PNGs into
     `out` (default: the results folder). Other levels or epochs than patch/final get a
     suffix (report-patient-best.md), so they sit beside the default report instead of
-    replacing it. Returns the files written."""
+    replacing it. `figures` False: tables and report.md only, no PNGs (and no matplotlib),
+    seconds less per study; `python -m study.report` draws them later. Returns the files
+    written."""
     level_metrics(level)  # a wrong level or epoch fails before anything is written
     if epoch not in EPOCH_CHOICES:
         raise ValueError(f"unknown epoch {epoch!r}; expected one of {', '.join(EPOCH_CHOICES)}")
@@ -395,17 +416,20 @@ def write_report(
         )
     else:
         best = "no completed configuration"
-    figures, notes = draw_figures(results, out, level, epoch, built, suffix)
-    words = [*built.sentences, *test_notes(results)]
+    optuna = optuna_study(results)
+    words = [*built.sentences, *repeated_proposals(optuna[0]), *test_notes(results)]
+    drawn, notes = None, {}
+    if figures:
+        drawn, notes = draw_figures(results, out, level, epoch, built, suffix, optuna)
 
-    written = [p for paths in figures.values() for p in paths]
+    written = [p for paths in (drawn or {}).values() for p in paths]
     for table in [*tables, *folds]:
         path = out / f"{table.name}{suffix}.csv"
         table.numbers.to_csv(path, index=table.numbers.index.name is not None)
         written.append(path)
     report = out / f"report{suffix}.md"
     report.write_text(
-        markdown_report(results, level, epoch, tables, folds, best, figures, notes, words)
+        markdown_report(results, level, epoch, tables, folds, best, drawn, notes, words)
     )
     written.append(report)
 
@@ -430,8 +454,14 @@ def write_report(
     console.print(f"[bold]{escape(best)}[/]")
     for note in (note for section in notes.values() for note in section):
         console.print(f"note: {escape(note)}")
+    if drawn is None:
+        console.print(f"note: {escape(figures_not_drawn(results))}", soft_wrap=True)
     console.print(f"report: {report}")
     return written
+
+
+def figures_not_drawn(results: Results) -> str:
+    return f"Figures not drawn (--no-figures): `python -m study.report {results.path}` draws them"
 
 
 def test_notes(results: Results) -> list[str]:
@@ -474,18 +504,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="add the original study's six configurations and our differences",
     )
+    parser.add_argument(
+        "--no-figures",
+        action="store_true",
+        help="tables, CSVs and report.md only: no PNGs (seconds less for a large study)",
+    )
     add_version_option(parser)
     return parser.parse_args(argv)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; Optuna's figures go through pyplot
     args = parse_args(argv)
+    if not args.no_figures:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; Optuna's figures go through pyplot
     console = Console()
     try:
-        write_report(args.results, args.out, args.level, args.epoch, args.compare_original, console)
+        write_report(
+            args.results, args.out, args.level, args.epoch, args.compare_original, console,
+            figures=not args.no_figures,
+        )  # fmt: skip
     except (FileNotFoundError, ValueError) as error:
         console.print(f"[red]error:[/red] {escape(str(error))}")
         return 2

@@ -248,37 +248,6 @@ def pattern_recall(
     return _save(fig, path)
 
 
-# Optuna's storages by file name in the results folder.
-def _sqlite(path: Path):
-    return f"sqlite:///{path}"
-
-
-def _journal(path: Path):
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-OPTUNA_STORAGES = {"optuna.db": _sqlite, "optuna.journal": _journal}
-
-
-def load_optuna_study(results: Path):
-    """The one Optuna study stored in the results folder, or None when there is none."""
-    found = [(results / name, open_) for name, open_ in OPTUNA_STORAGES.items()]
-    found = [(path, open_) for path, open_ in found if path.is_file()]
-    if not found:
-        return None
-    import optuna
-
-    path, open_ = found[0]
-    storage = open_(path)
-    names = optuna.get_all_study_names(storage)
-    if len(names) != 1:
-        raise ValueError(f"{path} holds {len(names)} Optuna studies ({names}); expected one")
-    return optuna.load_study(study_name=names[0], storage=storage)
-
-
 def optuna_figures(study, out: Path) -> tuple[list[Path], list[str]]:
     """Intermediate values, history, parameter importances and parallel coordinates of an
     Optuna study; returns the PNGs written and a note for every figure that could not be

@@ -206,6 +206,37 @@ def study_keys(study: dict) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*keys, *study.get("space", {}), *study.get("grid", {})]))
 
 
+# Optuna's storages by file name in the results folder.
+def _sqlite(path: Path):
+    return f"sqlite:///{path}"
+
+
+def _journal(path: Path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+OPTUNA_STORAGES = {"optuna.db": _sqlite, "optuna.journal": _journal}
+
+
+def load_optuna_study(results: Path):
+    """The one Optuna study stored in the results folder, or None when there is none."""
+    found = [(results / name, open_) for name, open_ in OPTUNA_STORAGES.items()]
+    found = [(path, open_) for path, open_ in found if path.is_file()]
+    if not found:
+        return None
+    import optuna
+
+    path, open_ = found[0]
+    storage = open_(path)
+    names = optuna.get_all_study_names(storage)
+    if len(names) != 1:
+        raise ValueError(f"{path} holds {len(names)} Optuna studies ({names}); expected one")
+    return optuna.load_study(study_name=names[0], storage=storage)
+
+
 def load_results(path: str | Path) -> Results:
     """epochs.parquet, trials.parquet and study.json of one study folder (RESULTS/NAME)."""
     path = Path(path)

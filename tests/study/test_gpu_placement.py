@@ -104,7 +104,7 @@ def _smoke_on(cluster, results: Path, *flags: str):
     """`python -m study.run --preset smoke` on the test's cluster, in its own process."""
     return subprocess.run(
         [sys.executable, "-m", "study.run", "--preset", "smoke", "--results", str(results),
-         "--address", cluster.address, "--storage-shared", *flags],
+         "--address", cluster.address, "--storage-shared", "--no-figures", *flags],
         capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "250"},
     )  # fmt: skip
 

@@ -68,7 +68,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _argv(results: Path, name: str) -> list[str]:
     return ["--preset", "smoke", "--results", str(results), "--name", name, "--cpus", "2",
-            "--set", f"epochs={TRIAL_EPOCHS}"]  # fmt: skip
+            "--set", f"epochs={TRIAL_EPOCHS}", "--no-figures"]  # fmt: skip
 
 
 def _held_study(results: Path, name: str) -> subprocess.Popen:

@@ -11,6 +11,8 @@ import io
 import json
 import math
 import re
+import subprocess
+import sys
 
 import matplotlib.image
 import numpy as np
@@ -25,6 +27,7 @@ from study.report.summary import (
     compare_with_original,
     configuration_labels,
     fold_table,
+    load_optuna_study,
     original_results,
     stopped_trials,
     study_keys,
@@ -433,6 +436,32 @@ def test_command_line(results, capsys):
     assert "epochs.parquet" in capsys.readouterr().out
 
 
+def test_no_figures_writes_the_same_tables_without_matplotlib(results, tmp_path):
+    """--no-figures: the tables, CSVs and report.md of the full report, no PNG, a note that
+    says how to draw them, and matplotlib never imported (a process of its own)."""
+    write_report(results, tmp_path / "full", console=Console(file=io.StringIO()))
+    script = (
+        "import sys\n"
+        "from study.report.document import main\n"
+        "status = main(sys.argv[1:])\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n"
+        "sys.exit(status)\n"
+    )
+    out = tmp_path / "tables"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(results), "--out", str(out), "--no-figures"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not list(out.glob("*.png"))
+    full = {p.name for p in (tmp_path / "full").iterdir()}
+    assert {p.name for p in out.iterdir()} == {n for n in full if not n.endswith(".png")}
+    report = (out / "report.md").read_text()
+    assert markdown_tables(report) == markdown_tables((tmp_path / "full" / "report.md").read_text())
+    drawn_later = f"Figures not drawn (--no-figures): `python -m study.report {results}` draws them"
+    assert drawn_later in report and drawn_later in " ".join(done.stdout.split())
+
+
 def test_the_score_is_defined_once():
     import mtl
     from study.report import document, summary
@@ -450,5 +479,5 @@ def test_an_optuna_journal_is_found_too(tmp_path):
 
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
     optuna.create_study(storage=storage, study_name="journal")
-    assert plots.load_optuna_study(tmp_path).study_name == "journal"
-    assert plots.load_optuna_study(tmp_path / "elsewhere") is None
+    assert load_optuna_study(tmp_path).study_name == "journal"
+    assert load_optuna_study(tmp_path / "elsewhere") is None

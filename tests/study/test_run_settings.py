@@ -159,7 +159,7 @@ def test_a_finished_study_resumes_with_other_run_settings_and_records_them(
     study = prepare_data(smoke(), tmp_path)
     run_study(StudyRequest(study, tmp_path, trainer=ScriptedTrainer))
     before = pd.read_parquet(tmp_path / "smoke" / "epochs.parquet")
-    argv = ["--preset", "smoke", "--results", str(tmp_path), "--resume"]
+    argv = ["--preset", "smoke", "--results", str(tmp_path), "--resume", "--no-figures"]
     assert main([*argv, "--cpus-per-fold", "1", "--max-concurrent", "2"]) == 0
     assert main([*argv, "--gpus-per-fold", "0"]) == 0
     record = json.loads((tmp_path / "smoke" / "study.json").read_text())
@@ -200,7 +200,11 @@ class ExportableTrainer(ScriptedTrainer):
 @pytest.mark.slow
 def test_keep_checkpoints_2_lets_the_second_best_trial_export(ray_local, tmp_path, scripted_cli):
     scripted_cli(ExportableTrainer)  # the command line as given; keeping is the driver's
-    assert main(["--preset", "smoke", "--results", str(tmp_path), "--keep-checkpoints", "2"]) == 0
+    argv = ["--preset", "smoke", "--results", str(tmp_path), "--no-figures"]
+    assert main([*argv, "--keep-checkpoints", "2"]) == 0
+    # --no-figures: the report without its PNGs.
+    assert (tmp_path / "smoke" / "report.md").is_file()
+    assert not list((tmp_path / "smoke").glob("*.png"))
     trials = pd.read_parquet(tmp_path / "smoke" / "trials.parquet")
     second = trials.sort_values("cv_score").trial_id.iloc[0]
     assert trials.set_index("trial_id").at[second, "seg_loss"] == "bce"  # not the best

@@ -152,7 +152,7 @@ def test_a_study_on_s3_storage_tables_test_estimate_export_rebuild_and_resume(
     ray_s3, s3, tmp_path, capsys
 ):
     storage = s3.uri("studies")
-    argv = ["--preset", "smoke", "--results", str(tmp_path), "--storage", storage,
+    argv = ["--preset", "smoke", "--results", str(tmp_path), "--no-figures", "--storage", storage,
             "--test-patients", "0.2"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out

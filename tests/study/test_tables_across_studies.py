@@ -137,7 +137,8 @@ def test_tune_results_are_lean(results):
 
 def test_a_study_reruns_from_its_own_record(results):
     record = results / "smoke" / "study.json"
-    assert main(["--config", str(record), "--name", "rerun", "--results", str(results)]) == 0
+    argv = ["--config", str(record), "--name", "rerun", "--results", str(results)]
+    assert main([*argv, "--no-figures"]) == 0
     first, again = (load(results / name) for name in ("smoke", "rerun"))
     keys = ["seg_loss", "balancer", "alpha", "epochs", "seed", "lr"]
     pd.testing.assert_frame_equal(
