@@ -71,11 +71,13 @@ def _argv(results: Path, name: str) -> list[str]:
             "--set", f"epochs={TRIAL_EPOCHS}", "--no-figures"]  # fmt: skip
 
 
-def _held_study(results: Path, name: str) -> subprocess.Popen:
-    """The study run by `python -m study.run` in a process of its own (with its own Ray),
-    its trials held in their second epoch."""
+def _held_study(results: Path, name: str, *ray_address: str) -> subprocess.Popen:
+    """The study run by `python -m study.run` in a process of its own (with its own Ray, or
+    joining the one at `ray_address`, whose one node shares this folder), its trials held in
+    their second epoch."""
+    address = ["--address", *ray_address, "--storage-shared"] if ray_address else []
     return subprocess.Popen(
-        [sys.executable, "-c", SCRIPTED_RUN, "hold", *_argv(results, name)],
+        [sys.executable, "-c", SCRIPTED_RUN, "hold", *_argv(results, name), *address],
         cwd=REPO,  # where `tests` imports from
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -145,7 +147,9 @@ def test_a_signal_stops_the_study_and_resume_finishes_it(
     ray_local, tmp_path, signum, scripted_cli, capsys
 ):
     folder = tmp_path / "stop"
-    driver = _held_study(tmp_path, "stop")
+    # On this session's Ray (a driver joining a running Ray, as on a cluster): what is
+    # tested is the driver's stop, not a Ray's start (the killed study above starts its own).
+    driver = _held_study(tmp_path, "stop", ray_local.get_runtime_context().gcs_address)
     deadline = time.monotonic() + 300
     while not _checkpoints(folder):
         assert driver.poll() is None, driver.stdout.read()

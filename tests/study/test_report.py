@@ -429,8 +429,9 @@ def test_a_study_whose_every_trial_failed_still_reports(tmp_path):
 
 
 def test_command_line(results, capsys):
-    assert main([str(results), "--level", "image", "--epoch", "best"]) == 0
+    assert main([str(results), "--level", "image", "--epoch", "best", "--no-figures"]) == 0
     assert (results / "report-image-best.md").is_file()
+    assert not list(results.glob("*.png"))
     assert "best configuration" in capsys.readouterr().out
     assert main([str(results / "missing")]) == 2
     assert "epochs.parquet" in capsys.readouterr().out
