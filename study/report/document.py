@@ -209,10 +209,17 @@ def build_tables(
 
 
 def draw_figures(
-    results: Results, out: Path, level: str, epoch: str, built: Built, suffix: str, optuna
+    results: Results,
+    out: Path,
+    level: str,
+    epoch: str,
+    built: Built,
+    suffix: str,
+    optuna,
+    optuna_notes: list[str],
 ) -> tuple[dict[str, list[Path]], dict[str, list[str]]]:
     """Every PNG of the report, by section, and notes by section on what was not drawn.
-    `optuna`: optuna_study(results)."""
+    `optuna`, `optuna_notes`: optuna_study(results)."""
     from study.report import plots  # matplotlib: only where figures are drawn
 
     summary = built.summary
@@ -289,10 +296,9 @@ def draw_figures(
         )
         for trial_id in summary.index[:CONFUSION_FIGURES]
     ]
-    study, notes["optuna"] = optuna
-    figures["optuna"] = []
-    if study is not None:
-        figures["optuna"], notes["optuna"] = plots.optuna_figures(study, out)
+    figures["optuna"], notes["optuna"] = [], optuna_notes
+    if optuna is not None:
+        figures["optuna"], notes["optuna"] = plots.optuna_figures(optuna, out)
     return figures, notes
 
 
@@ -416,11 +422,11 @@ def write_report(
         )
     else:
         best = "no completed configuration"
-    optuna = optuna_study(results)
-    words = [*built.sentences, *repeated_proposals(optuna[0]), *test_notes(results)]
-    drawn, notes = None, {}
+    optuna, optuna_notes = optuna_study(results)
+    words = [*built.sentences, *repeated_proposals(optuna), *test_notes(results)]
+    drawn, notes = None, {}  # None: not drawn (--no-figures)
     if figures:
-        drawn, notes = draw_figures(results, out, level, epoch, built, suffix, optuna)
+        drawn, notes = draw_figures(results, out, level, epoch, built, suffix, optuna, optuna_notes)
 
     written = [p for paths in (drawn or {}).values() for p in paths]
     for table in [*tables, *folds]:

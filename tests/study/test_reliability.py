@@ -71,11 +71,11 @@ def _argv(results: Path, name: str) -> list[str]:
             "--set", f"epochs={TRIAL_EPOCHS}", "--no-figures"]  # fmt: skip
 
 
-def _held_study(results: Path, name: str, *ray_address: str) -> subprocess.Popen:
+def _held_study(results: Path, name: str, ray_address: str | None = None) -> subprocess.Popen:
     """The study run by `python -m study.run` in a process of its own (with its own Ray, or
     joining the one at `ray_address`, whose one node shares this folder), its trials held in
     their second epoch."""
-    address = ["--address", *ray_address, "--storage-shared"] if ray_address else []
+    address = ["--address", ray_address, "--storage-shared"] if ray_address else []
     return subprocess.Popen(
         [sys.executable, "-c", SCRIPTED_RUN, "hold", *_argv(results, name), *address],
         cwd=REPO,  # where `tests` imports from
